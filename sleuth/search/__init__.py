@@ -1,0 +1,1 @@
+"""Search engines behind one interface (sleuth.search.base.SearchEngine)."""

@@ -1,0 +1,31 @@
+"""The `sleuth` command. Each sub-command lives in sleuth/commands/<name>.py and exposes register(app)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+# Offline is the default mode: never let a library reach for a model hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+                  help="sleuth — research agents trained end-to-end with reinforcement learning.")
+
+COMMANDS = ["index", "search", "ask", "eval", "synth", "train"]
+
+for _name in COMMANDS:
+    try:
+        _mod = importlib.import_module(f"sleuth.commands.{_name}")
+    except ModuleNotFoundError as _e:
+        if _e.name != f"sleuth.commands.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,121 @@
+"""The context manager: keep what matters, drop documents the agent no longer needs.
+
+The context is a list of chunks (prompt, the policy's own replies, tool observations). When the next step
+would not fit in the window (context tokens + the generation reserve), observations are compressed oldest
+first into short stubs until the context is back under ``target`` of the window. The policy, explicitly:
+
+* the prompt (system, example, question) and every reply the model wrote — its thoughts and actions —
+  are never touched;
+* the latest ``keep_last`` observations stay in full;
+* an older observation becomes a stub that keeps its tool, its URLs, and up to ``keep_lines`` lines that
+  the model later quoted in its own replies or that share words with the question;
+* if the context still does not fit with every older observation stubbed, the trajectory ends with
+  reason ``context``.
+
+Each compression is an event (step, tokens before/after, chunks stubbed) recorded on the trajectory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_WORD = re.compile(r"[A-Za-z0-9]+")
+_URL = re.compile(r"(?:corpus|https?)://[^\s<>\"')\]]+")
+_STOP = set("the a an of in on at to for and or is was were are be by with from as that this which who what "
+            "when where how why did does do it its his her their than then into".split())
+
+
+@dataclass
+class Chunk:
+    kind: str                     # prompt | policy | obs
+    text: str
+    ids: list[int]
+    logprobs: list[float] = field(default_factory=list)   # policy chunks only
+    step: int = -1
+    version: int = -1
+    body: str = ""                # obs: the observation text without chat-role glue
+    tool: str = ""
+    compressed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ContextConfig:
+    enabled: bool = True
+    keep_last: int = 1            # newest observations kept verbatim
+    target: float = 0.6           # compress down to this fraction of the window
+    keep_lines: int = 3           # relevant lines a stub keeps
+    line_chars: int = 200
+
+
+def _content_words(text: str) -> set[str]:
+    return {w.lower() for w in _WORD.findall(text) if w.lower() not in _STOP and len(w) > 2}
+
+
+def make_stub(chunk: Chunk, question: str, later_replies: str, cfg: ContextConfig) -> str:
+    body = chunk.body
+    urls = list(dict.fromkeys(_URL.findall(body)))
+    qwords = _content_words(question)
+    reply_norm = " ".join(later_replies.lower().split())
+    scored = []
+    for i, line in enumerate(body.splitlines()):
+        line = line.strip()
+        if not line or line.startswith("[") and line.endswith("]"):
+            continue
+        words = _content_words(line)
+        quoted = any(" ".join(w) in reply_norm for w in _ngrams(line.lower().split(), 5))
+        overlap = len(words & qwords)
+        if quoted or overlap >= 2:
+            scored.append((quoted, overlap, -i, line[:cfg.line_chars]))
+    scored.sort(reverse=True)
+    kept = [s[3] for s in sorted(scored[:cfg.keep_lines], key=lambda s: -s[2])]
+    parts = [f"[{chunk.tool or 'tool'} result from step {chunk.step} compressed to save context]"]
+    if urls:
+        parts.append("URLs: " + " ".join(urls[:10]))
+    parts += kept
+    return "\n".join(parts)
+
+
+def _ngrams(words: list[str], n: int):
+    if len(words) < n:
+        return [words] if words else []
+    return [words[i:i + n] for i in range(len(words) - n + 1)]
+
+
+@dataclass
+class FitResult:
+    chunks: list[Chunk]
+    changed: bool
+    overflow: bool
+    event: dict[str, Any] | None = None
+
+
+def fit(chunks: list[Chunk], *, window: int, reserve: int, question: str,
+        render_obs: Callable[[str, Chunk], tuple[str, list[int]]], cfg: ContextConfig, step: int) -> FitResult:
+    """Return chunks that fit in ``window - reserve`` tokens, compressing old observations if allowed."""
+    total = sum(len(c.ids) for c in chunks)
+    if total + reserve <= window:
+        return FitResult(chunks, False, False)
+    if not cfg.enabled:
+        return FitResult(chunks, False, True, {"step": step, "tokens": total, "overflow": True})
+    goal = int(cfg.target * window) - reserve
+    obs_idx = [i for i, c in enumerate(chunks) if c.kind == "obs" and not c.compressed]
+    candidates = obs_idx[:-cfg.keep_last] if cfg.keep_last > 0 else obs_idx
+    new = list(chunks)
+    stubbed = 0
+    for i in candidates:
+        if total + reserve <= window and total <= goal:
+            break
+        later = " ".join(c.text for c in new[i + 1:] if c.kind == "policy")
+        stub = make_stub(new[i], question, later, cfg)
+        text, ids = render_obs(stub, new[i])
+        total += len(ids) - len(new[i].ids)
+        new[i] = Chunk("obs", text, ids, step=new[i].step, body=stub, tool=new[i].tool, compressed=True)
+        stubbed += 1
+    event = {"step": step, "tokens_before": sum(len(c.ids) for c in chunks), "tokens_after": total,
+             "stubbed": stubbed, "overflow": total + reserve > window}
+    return FitResult(new, stubbed > 0, total + reserve > window, event)

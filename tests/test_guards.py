@@ -1,0 +1,83 @@
+"""Safety interceptor, citation verification and the context manager's invariants."""
+
+from sleuth import citations, safety
+from sleuth.context import Chunk, ContextConfig, fit, make_stub
+from sleuth.protocol import Action
+
+
+def test_interceptor_blocks_outside_world_actions():
+    for tool in ["email", "send_message", "post", "purchase", "contact"]:
+        v = safety.check(Action(tool, {"content": "x"}))
+        assert not v.allowed and "outside the research world" in v.reason
+    assert "not an available tool" in safety.check(Action("teleport", {})).reason
+
+
+def test_interceptor_blocks_network_code_and_odd_urls():
+    assert not safety.check(Action("code", {"code": "import smtplib\nsmtplib.SMTP('x')"})).allowed
+    assert not safety.check(Action("code", {"code": "import socket"})).allowed
+    assert not safety.check(Action("code", {"code": "import subprocess; subprocess.run(['curl','x'])"})).allowed
+    assert not safety.check(Action("browse", {"url": "mailto:author@uni.edu"})).allowed
+    assert safety.check(Action("code", {"code": "print(2026 - 1969)"})).allowed
+    assert safety.check(Action("browse", {"url": "corpus://wiki/w1"})).allowed
+    assert safety.check(Action("search", {"queries": ["email address of the author"]})).allowed
+
+
+def test_citations_verified_against_what_was_seen():
+    seen = {"corpus://w/a": "Jane Austen (16 December 1775 – 18 July 1817) was an English novelist."}
+    kept, dropped = citations.verify([
+        {"url": "corpus://w/a", "quote": "18 July\n 1817"},          # whitespace/case-insensitive: kept
+        {"url": "corpus://w/a", "quote": "died in Bath"},            # not in the page
+        {"url": "corpus://w/zzz", "quote": "anything"},              # never seen
+        {"url": "corpus://w/a", "quote": ""},                        # no quote
+    ], seen)
+    assert [c.quote for c in kept] == ["18 July\n 1817"] and kept[0].n == 1 and kept[0].verified
+    assert [c.reason for c in dropped] == ["quote does not occur in the page as shown",
+                                            "URL was never opened or shown in search results", "no quote given"]
+
+
+def _chunks(n_obs: int, obs_len: int = 100):
+    chunks = [Chunk("prompt", "P", list(range(50)))]
+    for i in range(1, n_obs + 1):
+        chunks.append(Chunk("policy", f"<search>q{i}</search>", [1] * 10, [0.0] * 10, step=i))
+        body = f"Results for q{i}\n[1] T — corpus://w/p{i}\n    Jane Austen was born in Steventon.\nfiller line"
+        chunks.append(Chunk("obs", body, [2] * obs_len, step=i, body=body, tool="search"))
+    return chunks
+
+
+def _render(body, old):
+    return body, [3] * 5
+
+
+def test_context_manager_keeps_thoughts_and_latest_observation():
+    chunks = _chunks(8)
+    total = sum(len(c.ids) for c in chunks)
+    res = fit(chunks, window=total + 50, reserve=100, question="Where was Jane Austen born?",
+              render_obs=_render, cfg=ContextConfig(target=0.6), step=8)
+    assert res.changed and not res.overflow
+    after = sum(len(c.ids) for c in res.chunks)
+    assert after + 100 <= total + 50
+    # thoughts/actions and the prompt are untouched, in order
+    assert [c.text for c in res.chunks if c.kind != "obs"] == [c.text for c in chunks if c.kind != "obs"]
+    # the newest observation is verbatim; stubs keep URLs and the question-relevant line
+    assert res.chunks[-1] is chunks[-1]
+    stubs = [c for c in res.chunks if c.compressed]
+    assert stubs and all("corpus://w/p" in c.body and "born in Steventon" in c.body for c in stubs)
+    assert "filler line" not in stubs[0].body
+    assert res.event["stubbed"] == len(stubs) and res.event["tokens_after"] == after
+
+
+def test_context_manager_disabled_or_impossible_overflows():
+    chunks = _chunks(4)
+    total = sum(len(c.ids) for c in chunks)
+    res = fit(chunks, window=total, reserve=10, question="q", render_obs=_render,
+              cfg=ContextConfig(enabled=False), step=4)
+    assert res.overflow and not res.changed
+    res = fit(chunks, window=60, reserve=10, question="q", render_obs=_render, cfg=ContextConfig(), step=4)
+    assert res.overflow  # prompt + thoughts alone exceed the window: the trajectory must end
+
+
+def test_stub_keeps_lines_the_model_quoted():
+    body = "line about cats and dogs\nthe treaty was signed in 1648 at Westphalia by many states\nnoise"
+    c = Chunk("obs", body, [1], step=2, body=body, tool="browse")
+    stub = make_stub(c, "unrelated question", "I read that the treaty was signed in 1648 at Westphalia", ContextConfig())
+    assert "signed in 1648" in stub and "cats" not in stub

@@ -258,8 +258,10 @@ class Agent:
                 r.traj.steps += 1
                 step = r.traj.steps
                 r.traj.segments[-1].extend_policy(g.token_ids, g.logprobs, self.policy.version, step)
-                r.chunks.append(Chunk("policy", g.text, list(g.token_ids), list(g.logprobs), step,
-                                      self.policy.version))
+                # chunk text is the decode of exactly the sampled ids (eos included), so the context's
+                # text is always the decode of its ids
+                r.chunks.append(Chunk("policy", self.tok.decode(g.token_ids), list(g.token_ids),
+                                      list(g.logprobs), step, self.policy.version))
                 r.traj.generated_tokens += len(g.token_ids)
                 r.traj.messages.append({"role": "assistant", "content": g.text, "step": step})
                 r.ended_with_eos = g.finish_reason == "eos"

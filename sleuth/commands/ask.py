@@ -1,0 +1,91 @@
+"""`sleuth ask "question"` — run the agent once with live progress, print the cited answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def ask(
+        question: str = typer.Argument(..., help="The question to research."),
+        model: Optional[str] = typer.Option(None, "--model", "-m",
+                                            help="Local model dir, or the model name on --base-url. "
+                                                 "Default: the embedded SmolLM2-135M-Instruct."),
+        base_url: Optional[str] = typer.Option(None, "--base-url",
+                                               help="OpenAI-compatible server (Kimi API, vLLM, SGLang, Ollama...)."),
+        index: Optional[str] = typer.Option(None, "--index", help="Index to search (default: wiki)."),
+        engine: str = typer.Option("hybrid", "--engine", help="hybrid | lexical | dense"),
+        max_steps: int = typer.Option(10, "--max-steps", help="Step budget."),
+        temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+        prompt: str = typer.Option("fewshot", "--prompt", help="fewshot | plain"),
+        online: bool = typer.Option(False, "--online", help="Allow browsing real http(s) URLs."),
+        seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+        save: Optional[Path] = typer.Option(None, "--save", help="Trajectory JSONL (default: runs/ask.jsonl)."),
+    ) -> None:
+        """Research a question with the agent and answer with citations."""
+        from rich.console import Console
+
+        from sleuth.agent import Agent, AgentConfig, Environment
+        from sleuth.policy.loader import load_policy
+        from sleuth.trajectory import save_jsonl
+
+        console = Console(stderr=as_json)
+        try:
+            env = Environment.from_index(index, engine=engine, online=online)
+        except FileNotFoundError as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(2)
+        with console.status("loading model…"):
+            policy = load_policy(model, base_url)
+        import torch
+
+        torch.manual_seed(seed)
+
+        def show(traj, kind, data):
+            if kind == "action":
+                args = data["args"]
+                what = {"search": lambda: " | ".join(args.get("queries", [])),
+                        "browse": lambda: args.get("url", ""),
+                        "code": lambda: args.get("code", "").splitlines()[0][:80] if args.get("code") else "",
+                        "finish": lambda: args.get("answer", "")[:80]}.get(data["tool"], lambda: str(args))()
+                console.print(f"[bold cyan]step {data['step']}[/] [magenta]{data['tool']}[/] {what}")
+            elif kind == "observation" and not data["ok"]:
+                console.print(f"   [yellow]{data['tool']} error: {data['error']}[/]")
+            elif kind == "format_error":
+                console.print(f"[bold cyan]step {data['step']}[/] [red]invalid action[/] {data['message']}")
+            elif kind == "blocked":
+                console.print(f"[bold cyan]step {data['step']}[/] [red]blocked[/] {data['reason']}")
+            elif kind == "context":
+                console.print(f"   [dim]context manager: {data}[/]")
+
+        cfg = AgentConfig(max_steps=max_steps, temperature=temperature, prompt=prompt)
+        agent = Agent(policy, env, cfg, on_event=show)
+        traj = agent.run(question)
+        out = save or Path("runs") / "ask.jsonl"
+        save_jsonl([traj], out)
+        if as_json:
+            print(json.dumps({"question": question, "answer": traj.answer, "finish_reason": traj.finish_reason,
+                              "citations": [c.__dict__ for c in traj.citations],
+                              "dropped_citations": [c.__dict__ for c in traj.dropped_citations],
+                              "stats": traj.stats(), "trajectory_file": str(out), "trajectory_id": traj.id},
+                             ensure_ascii=False, indent=2))
+            return
+        console.rule("answer")
+        if traj.answer is None:
+            console.print(f"[red]no answer[/] (ended: {traj.finish_reason})")
+        else:
+            console.print(f"[bold]{traj.answer}[/]")
+            for c in traj.citations:
+                console.print(f"  [{c.n}] {c.url} — “{c.quote[:120]}”")
+            if traj.dropped_citations:
+                console.print(f"  [yellow]{len(traj.dropped_citations)} citation(s) dropped: "
+                              f"{'; '.join(c.reason for c in traj.dropped_citations)}[/]")
+        s = traj.stats()
+        console.print(f"[dim]{s['steps']} steps, {s['search_queries']} queries, {s['urls_opened']} pages opened, "
+                      f"{s['generated_tokens']} tokens, {s['wall_seconds']:.1f}s — trajectory {traj.id} in {out}[/]")

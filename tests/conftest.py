@@ -1,0 +1,24 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    """The embedded SmolLM2 tokenizer (from the cached safetensors copy; converted once if missing)."""
+    from transformers import AutoTokenizer
+
+    from sleuth.policy.hf import ensure_embedded_checkpoint
+
+    return AutoTokenizer.from_pretrained(ensure_embedded_checkpoint())
+
+
+@pytest.fixture(scope="session")
+def smol_policy():
+    from sleuth.policy.hf import HFPolicy
+
+    return HFPolicy.load()

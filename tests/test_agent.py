@@ -1,0 +1,178 @@
+"""The agent loop end to end with real tools over a small real index.
+
+Most tests drive the loop with a scripted policy (real SmolLM2 tokenizer, replies fixed in advance) so
+each behaviour is checked deterministically; one test runs the real SmolLM2 model.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sleuth.agent import Agent, AgentConfig, Budget, Environment
+from sleuth.context import ContextConfig
+from sleuth.corpus import Passage
+from sleuth.policy.base import Generation, SamplingParams
+from sleuth.trajectory import Trajectory, load_jsonl, save_jsonl
+
+PASSAGES = [
+    Passage("p1", "Jane Austen", "Jane Austen (16 December 1775 – 18 July 1817) was an English novelist "
+            "known for six novels. She was born in Steventon, Hampshire.", "test"),
+    Passage("p2", "Pride and Prejudice", "Pride and Prejudice is an 1813 novel of manners by Jane Austen.", "test"),
+    Passage("p3", "Steventon", "Steventon is a village and civil parish in Hampshire, England. " * 40, "test"),
+]
+
+
+class ScriptedPolicy:
+    """Token policy whose replies are fixed: lets tests check the loop's bookkeeping exactly."""
+
+    name = "scripted"
+
+    def __init__(self, tokenizer, replies: list[list[str]], version: int = 0):
+        self.tokenizer = tokenizer
+        self.replies = [list(r) for r in replies]
+        self.version = version
+        self.calls: list[list[list[int]]] = []
+
+    def generate(self, prompts, params: SamplingParams):
+        self.calls.append([list(p) for p in prompts])
+        assert len(prompts) <= len(self.replies)
+        out = []
+        # rows arrive in the order of the unfinished trajectories; each row pops its own script
+        live = [r for r in self.replies if r]
+        for script in live[:len(prompts)]:
+            text = script.pop(0)
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            reason = "stop"
+            if not any(text.endswith(s) for s in params.stop):
+                ids.append(self.tokenizer.eos_token_id)
+                reason = "eos"
+            out.append(Generation(ids, [-0.5] * len(ids), text, reason))
+        return out
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from sleuth.docstore import DocStore
+    from sleuth.search.lexical import LexicalEngine  # noqa: F401  (real bm25s engine)
+
+    d = tmp_path_factory.mktemp("idx")
+    DocStore.write(d / "docs.sqlite", [(p, "h") for p in PASSAGES])
+    docs = DocStore(d / "docs.sqlite", "t")
+    engine = _lexical(docs)
+    return Environment(engine, {"t": docs}, tools=("search", "browse"))
+
+
+def _lexical(docs):
+    from sleuth.search.lexical import LexicalEngine
+
+    return LexicalEngine.build(list(docs), index_name="t")
+
+
+def test_search_browse_answer_with_verified_citation(env, smol_tokenizer):
+    pol = ScriptedPolicy(smol_tokenizer, [[
+        "<think>Find the author.</think>\n<search>Pride and Prejudice author</search>",
+        "<browse>corpus://t/p1\nfind: 1817</browse>",
+        '<answer>1817\n<cite url="corpus://t/p1">18 July 1817</cite>'
+        '<cite url="corpus://t/p9">made up</cite></answer>',
+    ]])
+    traj = Agent(pol, env, AgentConfig(temperature=0)).run("When did the author of Pride and Prejudice die?")
+    assert traj.finish_reason == "finish" and traj.answer == "1817" and traj.steps == 3
+    assert traj.queries == ["Pride and Prejudice author"]
+    assert traj.urls_opened == ["corpus://t/p1"]
+    assert [c.url for c in traj.citations] == ["corpus://t/p1"] and traj.citations[0].verified
+    assert len(traj.dropped_citations) == 1 and "never opened" in traj.dropped_citations[0].reason
+    assert [c.tool for c in traj.tool_calls] == ["search", "browse"]
+
+
+def test_token_exact_record(env, smol_tokenizer, tmp_path):
+    replies = ["<search>Jane Austen</search>", "I think it is Steventon.",  # second: no action → format error
+               "<answer>Steventon</answer>"]
+    pol = ScriptedPolicy(smol_tokenizer, [replies])
+    traj = Agent(pol, env, AgentConfig()).run("Where was Jane Austen born?")
+    assert len(traj.segments) == 1
+    seg = traj.segments[0]
+    # 1) the loss mask covers exactly the sampled tokens, in order
+    sampled = [i for i, m in zip(seg.token_ids, seg.mask) if m]
+    expected = []
+    for text in replies:
+        ids = smol_tokenizer.encode(text, add_special_tokens=False)
+        expected += ids if text.endswith(("</search>", "</answer>")) else ids + [smol_tokenizer.eos_token_id]
+    assert sampled == expected
+    assert [lp for lp, m in zip(seg.logprobs, seg.mask) if m] == [-0.5] * len(expected)
+    assert set(s for s, m in zip(seg.steps, seg.mask) if m) == {1, 2, 3}
+    # 2) every prompt the policy saw is a prefix of the recorded sequence (append-only, never re-tokenised)
+    for call in pol.calls:
+        assert seg.token_ids[:len(call[0])] == call[0]
+    # 3) decoding the ids reproduces the transcript
+    text = smol_tokenizer.decode(seg.token_ids)
+    assert "<search>Jane Austen</search><|im_end|>\n<|im_start|>user\n<observation>" in text
+    assert "Error: no action found" in text and text.rstrip().endswith("<answer>Steventon</answer>")
+    assert traj.format_errors == 1
+    # 4) the record survives a JSONL round trip
+    path = tmp_path / "t.jsonl"
+    save_jsonl([traj], path)
+    back = next(load_jsonl(path))
+    assert back.segments[0].token_ids == seg.token_ids and back.answer == "Steventon"
+
+
+def test_interceptor_and_step_budget(env, smol_tokenizer):
+    pol = ScriptedPolicy(smol_tokenizer, [["<email>to: author@example.org</email>",
+                                           "<code>import socket</code>", "<search>x</search>"]])
+    traj = Agent(pol, env, AgentConfig(max_steps=3)).run("q")
+    assert traj.blocked_actions == 2  # blocked before any tool runs
+    assert traj.finish_reason == "max_steps" and traj.answer is None
+    assert [c.tool for c in traj.tool_calls if c.blocked] == ["email", "code"]
+    obs = [m["content"] for m in traj.messages if m["role"] == "user" and "Blocked" in m["content"]]
+    assert "outside the research world" in obs[0] and "tries the network" in obs[1]
+
+
+def test_context_manager_extends_trajectories(env, smol_tokenizer):
+    """Long pages fill a small window; with the manager the agent keeps going, without it stops."""
+    def run(enabled: bool) -> Trajectory:
+        script = [f"<browse>corpus://t/p3\npage: {1 + i % 2}</browse>" for i in range(30)]
+        pol = ScriptedPolicy(smol_tokenizer, [script])
+        cfg = AgentConfig(max_steps=30, context_window=2048, max_new_tokens=64,
+                          context=ContextConfig(enabled=enabled))
+        return Agent(pol, env, cfg).run("Where is Steventon?")
+
+    with_cm, without = run(True), run(False)
+    assert without.finish_reason == "context" and with_cm.finish_reason == "max_steps"
+    assert with_cm.steps >= 3 * without.steps
+    assert with_cm.context_events and len(with_cm.segments) > 1
+    # the model's own replies are never dropped: every reply is still in the final segment's text
+    final = smol_tokenizer.decode(with_cm.segments[-1].token_ids)
+    assert final.count("<browse>corpus://t/p3") == 30
+    # each new segment's context tokens hold no policy mask: old replies are context there
+    for seg in with_cm.segments[1:]:
+        assert all(seg.steps[i] >= 0 for i, m in enumerate(seg.mask) if m)
+
+
+def test_partial_rollout_resumes_with_newer_version(env, smol_tokenizer):
+    pol = ScriptedPolicy(smol_tokenizer, [["<search>Jane Austen</search>", "<answer>Steventon</answer>"]])
+    agent = Agent(pol, env, AgentConfig())
+    [traj] = agent.run_batch(["Where was Jane Austen born?"], budget=Budget(max_generated_tokens=1))
+    assert traj.finish_reason == "unfinished" and traj.steps == 1
+    traj = Trajectory.from_dict(json.loads(json.dumps(traj.to_dict())))  # survives serialisation
+    pol.version = 1
+    [done] = agent.run_batch([], resume=[traj])
+    assert done.finish_reason == "finish" and done.answer == "Steventon"
+    versions = [v for v, m in zip(done.segments[0].versions, done.segments[0].mask) if m]
+    assert versions[0] == 0 and versions[-1] == 1
+
+
+@pytest.mark.slow
+def test_real_model_runs_the_loop(env, smol_policy):
+    import torch
+
+    torch.manual_seed(0)
+    cfg = AgentConfig(max_steps=3, max_new_tokens=64, temperature=0.7)
+    trajs = Agent(smol_policy, env, cfg).run_batch(["Where was Jane Austen born?", "Who wrote Pride and Prejudice?"])
+    for t in trajs:
+        assert t.finish_reason in ("finish", "max_steps")
+        seg = t.segments[-1]
+        assert t.generated_tokens == sum(s.n_policy_tokens for s in t.segments)
+        # logprobs recorded for sampled tokens are real log-probabilities
+        assert all(lp <= 0 for lp, m in zip(seg.logprobs, seg.mask) if m)
+        assert all(v == smol_policy.version for v, m in zip(seg.versions, seg.mask) if m)

@@ -1,0 +1,94 @@
+"""One evaluation question (``Task``) and ``load_tasks``, the single entry point for getting tasks.
+
+``load_tasks`` takes either a registered benchmark name (see ``sleuth.evals.loaders.BENCHMARKS``), several
+names joined by commas, or the path of the user's own JSONL / JSON / CSV / TSV file of question-answer pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+
+@dataclass(repr=False)
+class Task:
+    id: str
+    question: str
+    answers: list[str]                 # accepted gold strings (aliases of one answer, any one is right)
+    dataset: str                       # finest registered subset, e.g. "dr-nq", "dev-hotpotqa", "simpleqa"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        # Short, and never echoes decrypted benchmark text into logs or test output.
+        if self.metadata.get("encrypted_source"):
+            shown = "<encrypted source>"
+        else:
+            q = self.question if len(self.question) <= 60 else self.question[:59] + "…"
+            shown = f"{q!r}, answers={self.answers[:3]!r}"
+        return f"Task(id={self.id!r}, dataset={self.dataset!r}, {shown})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "question": self.question, "answers": list(self.answers),
+                "dataset": self.dataset, "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Task":
+        if not isinstance(d, dict):
+            raise ValueError(f"a task must be a JSON object, got {type(d).__name__}")
+        missing = [k for k in ("id", "question", "answers") if k not in d]
+        if missing:
+            raise ValueError(f"task is missing field(s) {missing}; has {sorted(d)}")
+        answers = d["answers"]
+        if isinstance(answers, str):
+            answers = [answers]
+        if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
+            raise ValueError(f"task {d['id']!r}: answers must be a list of strings, got {answers!r}")
+        if not isinstance(d["question"], str) or not d["question"].strip():
+            raise ValueError(f"task {d['id']!r}: question must be a non-empty string")
+        return cls(id=str(d["id"]), question=d["question"], answers=list(answers),
+                   dataset=str(d.get("dataset", "")), metadata=dict(d.get("metadata") or {}))
+
+
+def _matches(task: Task, wanted: set[str]) -> bool:
+    return task.dataset in wanted or task.metadata.get("source_dataset") in wanted
+
+
+def load_tasks(path_or_name: str | Path, limit: int | None = None,
+               datasets: Iterable[str] | None = None, *, seed: int | None = None,
+               data_dir: str | Path | None = None) -> list[Task]:
+    """Tasks from a benchmark name ("simpleqa", "dev", "r1s-hotpotqa,r1s-2wiki") or a JSONL/JSON/CSV path.
+
+    ``datasets`` keeps tasks whose ``dataset`` (e.g. "dev-hotpotqa") or original source dataset
+    (``metadata["source_dataset"]``, e.g. "hotpotqa") is listed; it applies before ``limit``.
+    ``seed`` shuffles deterministically before ``limit`` (the files are often sorted by dataset, so the
+    first N rows of a mixed set are not a fair sample).
+    """
+    from sleuth.evals import loaders  # loaders imports Task from here
+
+    spec = str(path_or_name).strip()
+    path = Path(spec).expanduser()
+    if path.is_file():
+        tasks = loaders.load_qa_file(path)
+    elif all(part.strip() in loaders.BENCHMARKS for part in spec.split(",")) and spec:
+        tasks = []
+        for part in spec.split(","):
+            tasks += loaders.load_benchmark(part.strip(), data_dir=data_dir)
+    elif path.suffix.lower() in loaders.QA_FILE_SUFFIXES or "/" in spec:
+        raise loaders.BenchmarkError(f"task file {spec!r} does not exist")
+    else:
+        unknown = [p.strip() for p in spec.split(",") if p.strip() not in loaders.BENCHMARKS]
+        raise loaders.BenchmarkError(
+            f"unknown benchmark {', '.join(map(repr, unknown)) or repr(spec)}; valid names: "
+            f"{', '.join(loaders.BENCHMARKS)} (or give the path of a .jsonl/.json/.csv/.tsv file)")
+
+    if datasets is not None:
+        wanted = {datasets} if isinstance(datasets, str) else set(datasets)
+        kept = [t for t in tasks if _matches(t, wanted)]
+        if not kept:
+            have = {t.dataset for t in tasks} | {t.metadata.get("source_dataset", "") for t in tasks}
+            have = sorted(have - {""})
+            raise loaders.BenchmarkError(
+                f"no task of {spec!r} belongs to datasets {sorted(wanted)}; available: {', '.join(have)}")
+        tasks = kept
+    return loaders.take(tasks, limit, seed)

@@ -420,6 +420,7 @@ class Agent:
         elif action.tool == "browse" and res.ok:
             url = data.get("url") or action.args.get("url")
             traj.urls_opened.append(url)
-            run.seen[url] = run.seen.get(url, "") + "\n" + (data.get("text") or res.text)
+            # verify against what was actually shown (the page or find/goal excerpts), not the whole document
+            run.seen[url] = run.seen.get(url, "") + "\n" + (data.get("shown") or res.text)
             if action.args.get("url") and action.args["url"] != url:
                 run.seen[action.args["url"]] = run.seen[url]

@@ -9,7 +9,8 @@ first into short stubs until the context is back under ``target`` of the window.
 * the latest ``keep_last`` observations stay in full;
 * an older observation becomes a stub that keeps its tool, its URLs, and up to ``keep_lines`` lines that
   the model later quoted in its own replies or that share words with the question;
-* if the context still does not fit with every older observation stubbed, the trajectory ends with
+* if that is not enough, the oldest stubs shrink further to one line (tool, step, URLs);
+* if the context still does not fit with every older observation reduced, the trajectory ends with
   reason ``context``.
 
 Each compression is an event (step, tokens before/after, chunks stubbed) recorded on the trajectory.
@@ -37,7 +38,7 @@ class Chunk:
     version: int = -1
     body: str = ""                # obs: the observation text without chat-role glue
     tool: str = ""
-    compressed: bool = False
+    compressed: int = 0            # 0 = verbatim, 1 = stub with key lines, 2 = one-line stub
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -103,19 +104,33 @@ def fit(chunks: list[Chunk], *, window: int, reserve: int, question: str,
     if not cfg.enabled:
         return FitResult(chunks, False, True, {"step": step, "tokens": total, "overflow": True})
     goal = int(cfg.target * window) - reserve
-    obs_idx = [i for i, c in enumerate(chunks) if c.kind == "obs" and not c.compressed]
+    obs_idx = [i for i, c in enumerate(chunks) if c.kind == "obs" and c.compressed < 2]
     candidates = obs_idx[:-cfg.keep_last] if cfg.keep_last > 0 else obs_idx
     new = list(chunks)
     stubbed = 0
     for i in candidates:
         if total + reserve <= window and total <= goal:
             break
+        if new[i].compressed:
+            continue
         later = " ".join(c.text for c in new[i + 1:] if c.kind == "policy")
         stub = make_stub(new[i], question, later, cfg)
         text, ids = render_obs(stub, new[i])
         total += len(ids) - len(new[i].ids)
-        new[i] = Chunk("obs", text, ids, step=new[i].step, body=stub, tool=new[i].tool, compressed=True)
+        new[i] = Chunk("obs", text, ids, step=new[i].step, body=stub, tool=new[i].tool, compressed=1)
         stubbed += 1
+    # Still too long: older stubs shrink to one line (tool, step, URLs). Thoughts are still never touched.
+    for i in candidates:
+        if total + reserve <= window and total <= goal:
+            break
+        if new[i].compressed == 1:
+            urls = list(dict.fromkeys(_URL.findall(new[i].body)))[:5]
+            line = f"[{new[i].tool or 'tool'} result from step {new[i].step} dropped]" + (
+                " URLs: " + " ".join(urls) if urls else "")
+            text, ids = render_obs(line, new[i])
+            total += len(ids) - len(new[i].ids)
+            new[i] = Chunk("obs", text, ids, step=new[i].step, body=line, tool=new[i].tool, compressed=2)
+            stubbed += 1
     event = {"step": step, "tokens_before": sum(len(c.ids) for c in chunks), "tokens_after": total,
              "stubbed": stubbed, "overflow": total + reserve > window}
     return FitResult(new, stubbed > 0, total + reserve > window, event)

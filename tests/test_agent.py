@@ -7,6 +7,7 @@ each behaviour is checked deterministically; one test runs the real SmolLM2 mode
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -54,20 +55,23 @@ class ScriptedPolicy:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from sleuth.docstore import DocStore
-    from sleuth.search.lexical import LexicalEngine  # noqa: F401  (real bm25s engine)
+    """A real lexical (bm25s) index over three passages, built under a temporary SLEUTH_HOME."""
+    from sleuth.index import build_index, open_index
 
-    d = tmp_path_factory.mktemp("idx")
-    DocStore.write(d / "docs.sqlite", [(p, "h") for p in PASSAGES])
-    docs = DocStore(d / "docs.sqlite", "t")
-    engine = _lexical(docs)
-    return Environment(engine, {"t": docs}, tools=("search", "browse"))
-
-
-def _lexical(docs):
-    from sleuth.search.lexical import LexicalEngine
-
-    return LexicalEngine.build(list(docs), index_name="t")
+    home = tmp_path_factory.mktemp("home")
+    src = home / "t.jsonl"
+    src.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in PASSAGES))
+    old = os.environ.get("SLEUTH_HOME")
+    os.environ["SLEUTH_HOME"] = str(home)
+    try:
+        build_index(src, "t", dense=False, progress=False)
+        index = open_index("t")
+        yield Environment(index.engine("lexical"), {"t": index.docs}, tools=("search", "browse"))
+    finally:
+        if old is None:
+            os.environ.pop("SLEUTH_HOME")
+        else:
+            os.environ["SLEUTH_HOME"] = old
 
 
 def test_search_browse_answer_with_verified_citation(env, smol_tokenizer):
@@ -131,9 +135,9 @@ def test_interceptor_and_step_budget(env, smol_tokenizer):
 def test_context_manager_extends_trajectories(env, smol_tokenizer):
     """Long pages fill a small window; with the manager the agent keeps going, without it stops."""
     def run(enabled: bool) -> Trajectory:
-        script = [f"<browse>corpus://t/p3\npage: {1 + i % 2}</browse>" for i in range(30)]
+        script = [f"<browse>corpus://t/p3\npage: {1 + i % 2}</browse>" for i in range(20)]
         pol = ScriptedPolicy(smol_tokenizer, [script])
-        cfg = AgentConfig(max_steps=30, context_window=2048, max_new_tokens=64,
+        cfg = AgentConfig(max_steps=20, context_window=2048, max_new_tokens=64,
                           context=ContextConfig(enabled=enabled))
         return Agent(pol, env, cfg).run("Where is Steventon?")
 
@@ -143,7 +147,7 @@ def test_context_manager_extends_trajectories(env, smol_tokenizer):
     assert with_cm.context_events and len(with_cm.segments) > 1
     # the model's own replies are never dropped: every reply is still in the final segment's text
     final = smol_tokenizer.decode(with_cm.segments[-1].token_ids)
-    assert final.count("<browse>corpus://t/p3") == 30
+    assert final.count("<browse>corpus://t/p3") == 20
     # each new segment's context tokens hold no policy mask: old replies are context there
     for seg in with_cm.segments[1:]:
         assert all(seg.steps[i] >= 0 for i, m in enumerate(seg.mask) if m)

@@ -1,0 +1,193 @@
+"""Run an evaluation: tasks × samples through the agent (or a baseline), judged, resumable.
+
+Every finished sample is appended to ``<out>/records.jsonl`` (and its trajectory to
+``<out>/trajectories.jsonl``) as soon as its batch ends, so a crashed or interrupted run continues where it
+stopped: on restart, (task, sample) pairs already recorded are never run again. ``results.json`` is
+rebuilt from all records at the end of every batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sleuth.evals import report
+from sleuth.evals.judges import make_judge
+from sleuth.evals.tasks import Task, load_tasks
+
+MODES = ("agent", "rag", "closed-book")
+
+
+@dataclass
+class EvalConfig:
+    benchmark: str = "dev"
+    """Benchmark name (see sleuth.evals.loaders.BENCHMARKS) or a JSONL/CSV file of question/answer pairs."""
+    mode: str = "agent"
+    """agent | rag (retrieve-then-read) | closed-book (no tools)."""
+    limit: int | None = None
+    datasets: list[str] | None = None
+    seed: int = 0
+    """Shuffles tasks before --limit (so a limited dev run mixes datasets) and seeds sampling."""
+    samples: int = 1
+    ks: list[int] = field(default_factory=lambda: [1])
+    concurrency: int = 16
+    """Trajectories advanced together in one batch."""
+    model: str | None = None
+    base_url: str | None = None
+    index: str | None = None
+    engine: str = "hybrid"
+    judge: str = "cover"
+    judge_model: str | None = None
+    judge_base_url: str | None = None
+    max_steps: int = 8
+    temperature: float = 0.7
+    max_new_tokens: int = 192
+    prompt: str = "fewshot"
+    rag_k: int = 5
+
+
+def _key(task_id: str, sample: int) -> str:
+    return f"{task_id}#{sample}"
+
+
+def _append(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a crash mid-write: everything after it is re-run
+    return out
+
+
+def _scores(records: list[dict[str, Any]]) -> dict[str, float]:
+    if not records:
+        return {}
+    n = len(records)
+    return {m: round(sum(r["verdict"][m] for r in records) / n, 4) for m in ("em", "f1", "cover")}
+
+
+def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progress: bool = True,
+             policy_name: str | None = None) -> dict[str, Any]:
+    """Evaluate; returns the results dict (also written to ``<out>/results.json``)."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
+    if cfg.samples < max(cfg.ks):
+        raise ValueError(f"pass@{max(cfg.ks)} needs --samples >= {max(cfg.ks)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_file = out / "config.json"
+    if cfg_file.exists():
+        old = json.loads(cfg_file.read_text())
+        fixed = ("benchmark", "mode", "limit", "datasets", "seed", "samples", "model", "judge", "prompt")
+        diff = [k for k in fixed if old.get(k) != asdict(cfg).get(k)]
+        if diff:
+            raise ValueError(f"{out} holds a different run (differs in {', '.join(diff)}); "
+                             "use another --out or the same settings to resume")
+    cfg_file.write_text(json.dumps(asdict(cfg), indent=2))
+
+    tasks = load_tasks(cfg.benchmark, limit=cfg.limit, datasets=cfg.datasets, seed=cfg.seed)
+    rec_file, traj_file = out / "records.jsonl", out / "trajectories.jsonl"
+    records = _read_records(rec_file)
+    done = {_key(r["task_id"], r["sample"]) for r in records}
+    todo = [(t, s) for t in tasks for s in range(cfg.samples) if _key(t.id, s) not in done]
+
+    if policy is None:
+        from sleuth.policy.loader import load_policy
+        policy = load_policy(cfg.model, cfg.base_url)
+    judge_policy = None
+    if cfg.judge == "llm":
+        from sleuth.policy.openai_policy import OpenAIPolicy
+        judge_policy = OpenAIPolicy(cfg.judge_model or "default", base_url=cfg.judge_base_url)
+    judge = make_judge(cfg.judge, judge_policy)
+    if env is None and cfg.mode != "closed-book":
+        from sleuth.agent import Environment
+        env = Environment.from_index(cfg.index, engine=cfg.engine)
+
+    import torch
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]eval[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), disable=not progress)
+    with bar:
+        job = bar.add_task(f"{cfg.benchmark} {cfg.mode}", total=len(tasks) * cfg.samples, completed=len(done))
+        for b in range(0, len(todo), cfg.concurrency):
+            batch = todo[b:b + cfg.concurrency]
+            torch.manual_seed(cfg.seed * 1_000_003 + len(done) + b)
+            new = _run_batch(cfg, policy, env, batch, traj_file)
+            for r in new:
+                task = next(t for t, _ in batch if t.id == r["task_id"])
+                v = judge.judge(task.question, r["answer"], task.answers)
+                r["verdict"] = v.to_dict()
+                r["correct"] = bool(v.correct)
+                r["score"] = v.score
+            _append(rec_file, new)
+            records += new
+            bar.advance(job, len(batch))
+            results = _results(cfg, records, judge, policy_name or getattr(policy, "name", ""))
+            report.save_results(results, out / "results.json")
+    if not records:
+        raise ValueError(f"no tasks matched {cfg.benchmark!r}")
+    return _results(cfg, records, judge, policy_name or getattr(policy, "name", ""))
+
+
+def _run_batch(cfg: EvalConfig, policy, env, batch: list[tuple[Task, int]], traj_file: Path) -> list[dict]:
+    questions = [t.question for t, _ in batch]
+    rows = []
+    if cfg.mode == "agent":
+        from sleuth.agent import Agent, AgentConfig
+        from sleuth.trajectory import save_jsonl
+
+        acfg = AgentConfig(max_steps=cfg.max_steps, temperature=cfg.temperature,
+                           max_new_tokens=cfg.max_new_tokens, prompt=cfg.prompt)
+        trajs = Agent(policy, env, acfg).run_batch(questions, [t.id for t, _ in batch])
+        for (task, s), tr in zip(batch, trajs):
+            tr.meta.update({"sample": s, "gold": task.answers, "dataset": task.dataset})
+            rows.append({"task_id": task.id, "sample": s, "dataset": task.dataset, "answer": tr.answer,
+                         "stats": tr.stats(), "trajectory_id": tr.id})
+        save_jsonl(trajs, traj_file)
+        return rows
+    from sleuth.evals.baselines import answer_batch
+    from sleuth.policy.base import SamplingParams
+
+    t0 = time.time()
+    docs = next(iter(env.docstores.values()), None) if env is not None else None
+    answers = answer_batch(policy, questions, mode=cfg.mode, engine=env.search_engine if env else None,
+                           docs=docs, k=cfg.rag_k,
+                           params=SamplingParams(max_new_tokens=48, temperature=cfg.temperature))
+    wall = (time.time() - t0) / max(1, len(batch))
+    for (task, s), a in zip(batch, answers):
+        rows.append({"task_id": task.id, "sample": s, "dataset": task.dataset, "answer": a.text,
+                     "stats": {"steps": 1, "search_queries": int(cfg.mode == "rag"), "urls_opened": 0,
+                               "code_calls": 0, "format_errors": 0, "generated_tokens": a.generated_tokens,
+                               "prompt_tokens": a.prompt_tokens, "wall_seconds": round(wall, 3),
+                               "finish_reason": "finish"}})
+    return rows
+
+
+def _results(cfg: EvalConfig, records: list[dict], judge, policy_name: str) -> dict[str, Any]:
+    res = report.build_results(records, run={"name": f"{cfg.benchmark}-{cfg.mode}", "policy": policy_name,
+                                             "benchmarks": [cfg.benchmark], "samples_per_task": cfg.samples,
+                                             "config": asdict(cfg)},
+                               judge={"name": judge.name, "config": judge.config()},
+                               ks=[k for k in cfg.ks if k <= cfg.samples], keep_samples=True)
+    # EM and F1 beside cover, always: a gain only in the lenient metric is not learning.
+    for ds in res["datasets"]:
+        res["datasets"][ds]["scores"] = _scores([r for r in records if r["dataset"] == ds])
+    res["overall"]["scores"] = _scores(records)
+    return res

@@ -1,0 +1,36 @@
+"""`sleuth train` — end-to-end RL of the agent (REINFORCE, gamma-decay, partial rollout), resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def train(
+        config: Optional[Path] = typer.Option(None, "--config", help="TOML: RunConfig keys + an [rl] table."),
+        out: Path = typer.Option(Path("runs/rl"), "--out", help="Run directory (checkpoints, metrics, TensorBoard)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
+        iterations: Optional[int] = typer.Option(None, "--iterations", help="Override rl.iterations."),
+        tasks: Optional[str] = typer.Option(None, "--tasks", help="Benchmark name or task file."),
+        model: Optional[str] = typer.Option(None, "--model"),
+        export: Optional[Path] = typer.Option(None, "--export",
+                                              help="After training, write the policy to this model directory."),
+    ) -> None:
+        """Train the agent with RL on a task file; the result is usable by `ask --model` and `eval --model`."""
+        from rich.console import Console
+
+        from sleuth.rl.train import export_policy, load_run_config, train as run_train
+
+        console = Console()
+        try:
+            cfg = load_run_config(config, tasks=tasks, model=model)
+            run_train(cfg, out, resume=resume, iterations=iterations, log=console.print)
+        except (ValueError, FileNotFoundError) as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(2)
+        if export:
+            console.print(f"policy written to {export_policy(out, export)}")

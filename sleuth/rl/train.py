@@ -1,0 +1,213 @@
+"""The RL training loop for the agent: rollout → judge → REINFORCE update → checkpoint, every iteration.
+
+Resumable: every iteration ends with an atomic checkpoint (weights, optimizer, replay buffer, RNG, data
+cursor, metrics); ``--resume`` continues from the latest one with the same state, so a ``kill -9`` costs
+at most the iteration in flight. Metrics go to ``metrics.jsonl`` and TensorBoard in the run directory.
+
+Config TOML: top-level keys are ``RunConfig`` fields; a ``[rl]`` table holds ``TrainConfig`` fields (with
+its own ``[rl.reward]`` table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sleuth.rl.config import TrainConfig, _build, load_config
+
+
+@dataclass
+class RunConfig:
+    tasks: str = "dev"
+    """Training tasks: a benchmark name or a JSONL/CSV task file (e.g. from `sleuth synth`)."""
+    holdout: int = 100
+    """The first `holdout` tasks of the seed-shuffled `holdout_benchmark` are never trained on: they are
+    exactly what `sleuth eval -b <holdout_benchmark> -n <holdout> --seed <holdout_seed>` evaluates."""
+    holdout_benchmark: str = "dev"
+    holdout_seed: int = 0
+    datasets: list[str] | None = None
+    """Only train on these datasets (None = all)."""
+    curriculum: bool = True
+    """Order training tasks from easy (single-hop) to hard."""
+    model: str | None = None
+    """Starting policy (None = embedded SmolLM2-135M-Instruct)."""
+    index: str | None = None
+    engine: str = "hybrid"
+    judge: str = "cover"
+    """Reward judge: cover (strict: no candidate lists, no long answers) | em | f1>=T."""
+    max_steps: int = 6
+    max_new_tokens: int = 128
+    prompt: str = "fewshot"
+    search_k: int = 3
+    """Results per query during training rollouts (shorter observations → cheaper updates)."""
+    rollout_seconds: float | None = None
+    """Partial rollout: time budget per iteration (None = run every trajectory to the end)."""
+    rollout_tokens: int | None = None
+    """Partial rollout: generated-token budget per iteration."""
+    threads: int = 0
+    """torch threads (0 = torch default)."""
+    rl: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"config file not found: {p}")
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    rl = data.pop("rl", {})
+    rl_over = {k[3:]: overrides.pop(k) for k in list(overrides) if k.startswith("rl_")}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = _build(RunConfig, data, "top level")
+    reward = rl.pop("reward", {})
+    cfg.rl = load_config(None, **{**rl, **rl_over, "reward": reward})
+    return cfg
+
+
+def split_tasks(cfg: RunConfig):
+    """Training tasks minus the evaluation holdout (and any near-identical question)."""
+    from sleuth.evals.judges import normalize_answer
+    from sleuth.evals.tasks import load_tasks
+
+    held = load_tasks(cfg.holdout_benchmark, limit=cfg.holdout, seed=cfg.holdout_seed) if cfg.holdout else []
+    held_ids = {t.id for t in held}
+    held_q = {normalize_answer(t.question) for t in held}
+    tasks = [t for t in load_tasks(cfg.tasks, datasets=cfg.datasets)
+             if t.id not in held_ids and normalize_answer(t.question) not in held_q]
+    if not tasks:
+        raise ValueError(f"no training tasks left in {cfg.tasks!r} after removing the holdout")
+    return tasks, held
+
+
+def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iterations: int | None = None,
+          log: Callable[[str], None] = print, progress: bool = True) -> list[dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    from sleuth.agent import AgentConfig, Budget, Environment
+    from sleuth.evals.judges import make_judge
+    from sleuth.policy.hf import HFPolicy
+    from sleuth.rl.buffer import ReplayBuffer
+    from sleuth.rl.checkpoint import load_latest, save
+    from sleuth.rl.reinforce import ReinforceTrainer
+    from sleuth.rl.rollout import AgentRollout, curriculum_order
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ck = load_latest(out) if resume else None
+    if not resume and ck is None and any(out.glob("ckpt-*")):
+        raise ValueError(f"{out} already holds checkpoints: pass --resume to continue, or use another --out")
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2, default=str))
+
+    rl = cfg.rl
+    np.random.seed(rl.seed)
+    torch.manual_seed(rl.seed)
+    base = HFPolicy.load(cfg.model)
+    trainer = ReinforceTrainer(base.model, base.tokenizer, rl)
+    buffer, cursor, start, history = ReplayBuffer(max_age=rl.max_partial_age), 0, 0, []
+    if ck is not None:
+        ck.restore(trainer)
+        buffer, cursor, start, history = ck.buffer, int(ck.cursor), ck.iteration, list(ck.metrics)
+        log(f"resumed from {ck.path.name}: iteration {start}, version {trainer.version}, "
+            f"buffer {len(buffer)}, cursor {cursor}")
+    policy = HFPolicy(trainer.model, base.tokenizer, name=f"{base.name}-rl", version=trainer.version)
+
+    tasks, held = split_tasks(cfg)
+    tasks = curriculum_order(tasks, rl.seed, cfg.curriculum)
+    env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k,
+                                 tools=("search", "browse"))
+    acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=rl.temperature,
+                       prompt=cfg.prompt)
+    rollout = AgentRollout(policy, env, acfg, tasks, make_judge(cfg.judge))
+    budget = Budget(cfg.rollout_seconds, cfg.rollout_tokens)
+    log(f"training on {len(tasks)} tasks ({cfg.tasks}), holdout {len(held)} never trained on; "
+        f"{rl.tasks_per_iteration}×{rl.group_size} trajectories per iteration")
+
+    from torch.utils.tensorboard import SummaryWriter
+    tb = SummaryWriter(str(out / "tb"))
+    total = iterations if iterations is not None else rl.iterations
+    for it in range(start, total):
+        t0 = time.time()
+        policy.version = trainer.version
+        groups, cursor, rs = rollout.collect(buffer, cursor, rl.tasks_per_iteration, rl.group_size, budget)
+        m = trainer.step(groups)
+        policy.version = trainer.version
+        trajs = [s.traj for g in groups for s in g]
+        m.update(_rollout_metrics(trajs))
+        m.update(iteration=it + 1, rollout_seconds=rs.seconds, rollout_tokens=rs.generated_tokens,
+                 rollout_tokens_per_s=rs.generated_tokens / max(rs.seconds, 1e-9), resumed=rs.resumed,
+                 parked=rs.parked, evicted=rs.evicted, buffer=len(buffer), cursor=cursor,
+                 iteration_seconds=time.time() - t0)
+        history.append(m)
+        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(m) + "\n")
+        for k, v in m.items():
+            if isinstance(v, (int, float)) and v == v:
+                tb.add_scalar(k, v, it + 1)
+        tb.flush()
+        _save_rollouts(out, it + 1, trajs)
+        save(out, trainer, iteration=it + 1, buffer=buffer, cursor=cursor, metrics=history,
+             keep=rl.keep_checkpoints)
+        log(f"iter {it + 1}/{total}: acc {m.get('accuracy', 0):.3f} reward {m.get('mean_reward', 0):+.3f} "
+            f"steps {m['mean_steps']:.2f} fmt {m['format_errors_per_traj']:.2f} "
+            f"entropy {m.get('entropy', float('nan')):.3f} skipped {m.get('skipped_groups', 0):.0f} "
+            f"tok/s {m['rollout_tokens_per_s']:.0f} {m['iteration_seconds']:.0f}s v{trainer.version}")
+    tb.close()
+    return history
+
+
+def _rollout_metrics(trajs) -> dict[str, float]:
+    if not trajs:
+        return {"mean_steps": 0.0, "format_errors_per_traj": 0.0}
+    n = len(trajs)
+    ok = [t for t in trajs if t.meta.get("verdict", {}).get("correct")]
+    return {
+        "mean_steps": sum(t.steps for t in trajs) / n,
+        "steps_per_correct": sum(t.steps for t in ok) / len(ok) if ok else float("nan"),
+        "format_errors_per_traj": sum(t.format_errors for t in trajs) / n,
+        "answered_rate": sum(t.answer is not None for t in trajs) / n,
+        "search_rate": sum(bool(t.queries) for t in trajs) / n,
+        "browse_rate": sum(bool(t.urls_opened) for t in trajs) / n,
+        "em": sum(t.meta["verdict"]["em"] for t in trajs) / n,
+        "f1": sum(t.meta["verdict"]["f1"] for t in trajs) / n,
+        "cover": sum(t.meta["verdict"]["cover"] for t in trajs) / n,
+        "mean_generated_tokens": sum(t.generated_tokens for t in trajs) / n,
+    }
+
+
+def _save_rollouts(out: Path, iteration: int, trajs) -> None:
+    """Keep a compact record of each iteration's rollouts (answers, judgements, statistics)."""
+    with open(out / "rollouts.jsonl", "a", encoding="utf-8") as f:
+        for t in trajs:
+            f.write(json.dumps({"iteration": iteration, "task_id": t.task_id, "question": t.question,
+                                "answer": t.answer, "gold": t.meta.get("gold"), "verdict": t.meta.get("verdict"),
+                                "stats": t.stats(), "versions": sorted(t.versions)}) + "\n")
+
+
+def export_policy(run_dir: str | Path, dest: str | Path) -> Path:
+    """Copy the latest checkpoint's weights to a model directory usable by `ask --model` / `eval --model`."""
+    import shutil
+
+    from sleuth.rl.checkpoint import load_latest
+
+    ck = load_latest(run_dir)
+    if ck is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir}")
+    dest = Path(dest)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(ck.model_dir, dest)
+    (dest / "sleuth_version.json").write_text(json.dumps({"version": ck.version, "name": dest.name}))
+    return dest
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,196 @@
+"""Training throughput of one policy-gradient update: sleuth's ReinforceTrainer vs TRL's GRPOTrainer loss step.
+
+Same model (the embedded SmolLM2-135M-Instruct, float32), same batch: B sequences of L tokens, each a
+P-token prompt (not trained) followed by L−P sampled tokens (trained), two groups with rewards 1,0,1,0.
+What is timed, for each side: forward + backward + gradient clipping + AdamW step. Generation is excluded:
+
+* sleuth: ``ReinforceTrainer.step(groups)`` — everything from Trajectory records to new weights (building the
+  padded batch from the recorded token ids is inside the timing, to our disadvantage).
+* TRL: ``GRPOTrainer.compute_loss(model, inputs)`` on the dict that its ``_generate_and_score_completions``
+  would produce (prompt/completion ids and masks, advantages, ``num_items_in_batch``), then
+  ``loss.backward()``, ``clip_grad_norm_`` and the optimizer that ``GRPOTrainer.create_optimizer()`` builds.
+  ``training_step`` cannot be used because it calls generation. Config: beta=0 (no reference model), default
+  loss_type 'dapo' (token-level normalisation, like ours), bf16 off, gradient checkpointing off (both sides).
+
+With a single policy step per batch both objectives have the same gradient, −Σ A·∇logπ / N; the script
+checks it by comparing the pre-clipping gradient norms of the first step.
+Steps alternate between the two trainers so that load from other processes hits both alike.
+
+Run:  nice -n 10 .venv/bin/python benchmarks/train_step.py [--batch 8 --seq-len 512 --prompt-len 128 --steps 3
+      --threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from sleuth import paths  # noqa: E402
+from sleuth.rl.config import TrainConfig  # noqa: E402
+from sleuth.rl.reinforce import ReinforceTrainer, Scored  # noqa: E402
+from sleuth.trajectory import Segment, Trajectory  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
+
+
+def load_smollm2():
+    """SmolLM2-135M-Instruct: a cached safetensors copy if present, else the embedded GGUF (dequantised)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, logging
+
+    logging.disable_progress_bar()
+    cached = paths.home() / "models" / "smollm2-135m-instruct"
+    if (cached / "config.json").is_file():
+        src, kw = str(cached), {}
+    else:
+        gguf = paths.embedded_policy_gguf()
+        src, kw = str(gguf.parent), {"gguf_file": gguf.name}
+    tok = AutoTokenizer.from_pretrained(src, **kw)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kw)
+    return model, tok, (str(cached) if not kw else kw["gguf_file"])
+
+
+def make_batch(B: int, L: int, P: int, vocab: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(100, vocab, (B, L), generator=g)
+    rewards = [1.0, 0.0] * (B // 2)
+    return ids, rewards
+
+
+def sleuth_groups(ids: torch.Tensor, rewards: list[float], P: int, group: int, version: int
+                  ) -> list[list[Scored]]:
+    trajs = []
+    for row, r in zip(ids.tolist(), rewards):
+        seg = Segment()
+        seg.extend_context(row[:P])
+        seg.extend_policy(row[P:], [-2.0] * (len(row) - P), version=version, step=0)
+        t = Trajectory(question="bench", segments=[seg], steps=1, finish_reason="finish")
+        trajs.append(Scored(t, correct=r > 0, reward=r))
+    return [trajs[i:i + group] for i in range(0, len(trajs), group)]
+
+
+def trl_inputs(ids: torch.Tensor, rewards: list[float], P: int, group: int) -> dict:
+    r = torch.tensor(rewards).view(-1, group)
+    adv = (r - r.mean(1, keepdim=True)).view(-1)          # scale_rewards='none': same advantages as ours
+    comp = ids[:, P:]
+    return {
+        "prompt_ids": ids[:, :P], "prompt_mask": torch.ones_like(ids[:, :P]),
+        "completion_ids": comp, "completion_mask": torch.ones_like(comp),
+        "advantages": adv, "old_per_token_logps": None,
+        "num_items_in_batch": torch.tensor(float(comp.numel())),
+    }
+
+
+def build_trl(model, tok, B: int, group: int, completion_len: int, lr: float, out_dir: str):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=B, num_generations=group,
+                      max_completion_length=completion_len, beta=0.0, learning_rate=lr, max_grad_norm=1.0,
+                      bf16=False, gradient_checkpointing=False, use_cpu=True, report_to="none",
+                      scale_rewards="none", logging_steps=1000, save_strategy="no", disable_tqdm=True)
+    trainer = GRPOTrainer(model=model, reward_funcs=[lambda completions, **_: [0.0] * len(completions)],
+                          args=args, train_dataset=Dataset.from_dict({"prompt": ["x"] * B}),
+                          processing_class=tok)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1   # normally set by Trainer's training loop
+    return trainer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per trainer (after one warm-up step)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (0 = torch default); on a shared, oversubscribed CPU one thread is "
+                         "several times faster than two whose OpenMP workers wait on each other")
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    B, L, P, G = a.batch, a.seq_len, a.prompt_len, a.group
+    lr = 1e-6
+
+    t0 = time.perf_counter()
+    base, tok, source = load_smollm2()
+    print(f"loaded {source} in {time.perf_counter() - t0:.0f}s; threads={torch.get_num_threads()}", flush=True)
+    ids, rewards = make_batch(B, L, P, base.config.vocab_size)
+
+    ours = ReinforceTrainer(copy.deepcopy(base), tok, TrainConfig(lr=lr, micro_batch_size=B, max_seq_len=L,
+                                                                  max_grad_norm=1.0, log_entropy=True))
+    tmp = tempfile.mkdtemp(prefix="trl-bench-")
+    trl = build_trl(copy.deepcopy(base), tok, B, G, L - P, lr, tmp)
+    del base
+    inputs = trl_inputs(ids, rewards, P, G)
+    params = [p for p in trl.model.parameters() if p.requires_grad]
+
+    def step_ours() -> tuple[float, float]:
+        groups = sleuth_groups(ids, rewards, P, G, ours.version)   # fresh on-policy samples each step
+        t = time.perf_counter()
+        m = ours.step(groups)
+        return time.perf_counter() - t, m["grad_norm"]
+
+    def step_trl() -> tuple[float, float]:
+        t = time.perf_counter()
+        trl.model.train()
+        loss = trl.compute_loss(trl.model, inputs)
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(params, 1.0))
+        trl.optimizer.step()
+        trl.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - t, norm
+
+    times: dict[str, list[float]] = {"sleuth": [], "trl": []}
+    norms: dict[str, float] = {}
+    for i in range(a.steps + 1):
+        for name, fn in (("sleuth", step_ours), ("trl", step_trl)) if i % 2 == 0 else \
+                        (("trl", step_trl), ("sleuth", step_ours)):
+            dt, norm = fn()
+            if i == 0:
+                norms[name] = norm
+            else:
+                times[name].append(dt)
+            print(f"{'warm-up' if i == 0 else f'step {i}'} {name:6s} {dt:7.2f}s  {B * L / dt:8.0f} tok/s", flush=True)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tps = {k: B * L / v for k, v in med.items()}
+    import transformers
+    import trl as trl_pkg
+    result = {
+        "what": "one update step (forward+backward+clip+AdamW), generation excluded",
+        "model": "SmolLM2-135M-Instruct (" + source + "), float32, CPU",
+        "batch": B, "seq_len": L, "prompt_len": P, "trained_tokens_per_seq": L - P, "group_size": G,
+        "threads": torch.get_num_threads(), "load_avg_1m": os.getloadavg()[0],
+        "seconds_per_step": times, "median_seconds": med, "tokens_per_s": tps,
+        "speedup_sleuth_vs_trl": tps["sleuth"] / tps["trl"],
+        "first_step_grad_norm": norms,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "trl": trl_pkg.__version__},
+        "trl_setup": "GRPOConfig(beta=0, loss_type='dapo', scale_rewards='none', bf16=False, "
+                     "gradient_checkpointing=False, use_cpu=True); compute_loss + backward + optimizer",
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("tokens_per_s", "speedup_sleuth_vs_trl", "first_step_grad_norm")},
+                     indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

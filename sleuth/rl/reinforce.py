@@ -1,0 +1,359 @@
+"""REINFORCE on agent trajectories: the whole objective, top to bottom, in one file.
+
+What goes in: groups of finished trajectories (one group = several attempts at the same task) with their
+correctness. What comes out: one AdamW step on the policy and a new weight version. Rollouts live elsewhere;
+this file never samples.
+
+1) Reward. ``rewards.outcome_reward`` (correct/incorrect, format and budget penalties), spread over the agent's
+   steps by gamma-decay for correct trajectories (``rewards.token_rewards``).
+2) Advantage. Per-token reward minus the group's mean outcome reward (optionally divided by the group std,
+   ``normalize_std``). A group whose rewards are all equal carries no signal: it is counted and skipped.
+3) Negative-sample control. A seeded fraction of the failed trajectories (``negative_drop_frac``) is left out
+   of the loss; the baseline still uses the whole group. Fewer pushes-down keep entropy from collapsing.
+4) Strict on-policy. One optimizer step per batch of rollouts, no reuse of data, no PPO ratio. Tokens that
+   partial rollouts sampled with an OLDER weight version are either dropped (``off_policy='mask'``, the
+   default: only tokens the current weights sampled get a gradient) or kept with a detached, clipped importance
+   weight min(π/π_old, is_cap) (``off_policy='is'``: keeps the data of long resumed runs, at some variance).
+5) Loss. ``−Σ w·A·logπ / Σ mask`` over every trained token of the batch (token-level normalisation, as in
+   nanochat's chat_rl.py), plus an optional k1.5-style ``τ/2·(logπ − logπ_old)²`` on the same tokens.
+   Sequences are built only from recorded token ids: input = ids[:-1], target = ids[1:], loss mask = mask[1:]
+   (a token is trained iff the policy sampled it; prompt and tool tokens are context only).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..rewards import outcome_reward, token_rewards
+from ..trajectory import Trajectory
+from .config import TrainConfig
+
+
+@dataclass
+class Scored:
+    """A finished trajectory and its judgement; ``reward`` None means ``outcome_reward(traj, correct)``."""
+    traj: Trajectory
+    correct: bool
+    reward: float | None = None
+
+
+Group = list[Scored]   # attempts at the same task; their mean reward is the baseline
+
+
+# ------------------------------------------------------------------------------------------- 1-3. selection
+def group_advantage(rewards: list[float], normalize_std: bool, eps: float = 1e-6) -> tuple[float, float] | None:
+    """(baseline, scale) for a group, or None when all rewards are equal (no learning signal)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    if len(r) == 0 or np.ptp(r) < 1e-12:
+        return None
+    return float(r.mean()), (float(r.std()) + eps if normalize_std else 1.0)
+
+
+def negatives_to_drop(n_failed: int, frac: float, seed: int, version: int) -> set[int]:
+    """Indices (into the list of failed trajectories) to leave out: floor(frac·n_failed) of them, seeded."""
+    k = int(math.floor(frac * n_failed + 1e-9))
+    if k <= 0:
+        return set()
+    rng = np.random.default_rng([seed, version])
+    return {int(i) for i in rng.choice(n_failed, size=k, replace=False)}
+
+
+@dataclass
+class Selected:
+    scored: Scored
+    reward: float
+    baseline: float
+    scale: float
+
+
+def select(groups: list[Group], cfg: TrainConfig, version: int) -> tuple[list[Selected], dict[str, float]]:
+    """Rewards → group baselines → skip zero-variance groups → drop a fraction of the failed trajectories."""
+    kept: list[Selected] = []
+    skipped, all_rewards = 0, []
+    for group in groups:
+        rewards = [outcome_reward(s.traj, s.correct, cfg.reward) if s.reward is None else float(s.reward)
+                   for s in group]
+        all_rewards += rewards
+        adv = group_advantage(rewards, cfg.normalize_std)
+        if adv is None:
+            skipped += 1
+            continue
+        kept += [Selected(s, r, *adv) for s, r in zip(group, rewards)]
+    failed = [i for i, s in enumerate(kept) if not s.scored.correct]
+    drop = negatives_to_drop(len(failed), cfg.negative_drop_frac, cfg.seed, version)
+    drop_ids = {failed[i] for i in drop}
+    kept = [s for i, s in enumerate(kept) if i not in drop_ids]
+    stats = {
+        "groups": float(len(groups)),
+        "skipped_groups": float(skipped),
+        "trajectories": float(len(all_rewards)),
+        "trained_trajectories": float(len(kept)),
+        "dropped_negatives": float(len(drop_ids)),
+        "mean_reward": float(np.mean(all_rewards)) if all_rewards else 0.0,
+        "accuracy": float(np.mean([s.correct for g in groups for s in g])) if all_rewards else 0.0,
+    }
+    return kept, stats
+
+
+# --------------------------------------------------------------------------------------------- 4. batches
+@dataclass
+class Row:
+    """One training sequence (one Segment), already shifted: position t predicts targets[t]."""
+    input_ids: list[int]
+    targets: list[int]
+    loss_mask: list[int]       # 1 = trained token (after off-policy masking)
+    advantages: list[float]
+    old_logprobs: list[float]  # sampling log-probs (π_old)
+    is_old: list[int]          # 1 = sampled by an older weight version (and still trained: 'is' mode)
+
+
+@dataclass
+class RowStats:
+    old_tokens: int = 0        # policy tokens from older versions
+    masked_old: int = 0        # ... of which dropped ('mask' mode)
+    truncated: int = 0         # tokens cut by max_seq_len
+
+
+def build_rows(selected: list[Selected], cfg: TrainConfig, version: int) -> tuple[list[Row], RowStats]:
+    rows, st = [], RowStats()
+    for sel in selected:
+        traj = sel.scored.traj
+        per_seg = token_rewards(traj, sel.scored.correct, cfg.reward, reward=sel.reward)
+        for seg, rew in zip(traj.segments, per_seg):
+            n = len(seg.token_ids)
+            if not (len(seg.mask) == len(seg.logprobs) == len(seg.versions) == len(seg.steps) == n):
+                raise ValueError(f"trajectory {traj.id}: segment fields have different lengths")
+            if n > cfg.max_seq_len:
+                st.truncated += n - cfg.max_seq_len
+                n = cfg.max_seq_len
+            if n < 2 or not any(seg.mask[1:n]):
+                continue
+            lm, old = [], []
+            for t in range(1, n):
+                m, v = seg.mask[t], seg.versions[t]
+                if m and v > version:
+                    raise ValueError(f"trajectory {traj.id}: token sampled by weight version {v}, but the trainer "
+                                     f"is at version {version}; rollouts must use the trainer's weights")
+                stale = bool(m and v < version)
+                st.old_tokens += stale
+                if stale and cfg.off_policy == "mask":
+                    st.masked_old += 1
+                    m = 0
+                lm.append(int(m))
+                old.append(int(stale and m))
+            if not any(lm):
+                continue
+            rows.append(Row(
+                input_ids=list(seg.token_ids[: n - 1]),
+                targets=list(seg.token_ids[1:n]),
+                loss_mask=lm,
+                advantages=[(r - sel.baseline) / sel.scale for r in rew[1:n]],
+                old_logprobs=[float(x) for x in seg.logprobs[1:n]],
+                is_old=old,
+            ))
+    return rows, st
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor       # [B, L] right-padded
+    attention_mask: torch.Tensor  # [B, L]
+    targets: torch.Tensor         # [B, L]
+    loss_mask: torch.Tensor       # [B, L] bool
+    advantages: torch.Tensor      # [B, L] float32
+    old_logprobs: torch.Tensor    # [B, L] float32
+    is_old: torch.Tensor          # [B, L] bool
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def collate(rows: list[Row], device: str | torch.device = "cpu", pad_id: int = 0) -> Batch:
+    L = max(len(r.input_ids) for r in rows)
+
+    def pad(xs: list, v: Any, dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor([x + [v] * (L - len(x)) for x in xs], dtype=dtype, device=device)
+
+    return Batch(
+        input_ids=pad([r.input_ids for r in rows], pad_id, torch.long),
+        attention_mask=pad([[1] * len(r.input_ids) for r in rows], 0, torch.long),
+        targets=pad([r.targets for r in rows], pad_id, torch.long),
+        loss_mask=pad([r.loss_mask for r in rows], 0, torch.bool),
+        advantages=pad([r.advantages for r in rows], 0.0, torch.float32),
+        old_logprobs=pad([r.old_logprobs for r in rows], 0.0, torch.float32),
+        is_old=pad([r.is_old for r in rows], 0, torch.bool),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- 5. loss
+def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module] | None:
+    """The transformer body and the LM head, when the head is a plain projection (no logit scaling)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model   # unwrap peft
+    cfg = getattr(base, "config", None)
+    if cfg is None or any(getattr(cfg, k, None) not in (None, 1.0) for k in
+                          ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")):
+        return None
+    try:
+        body, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if body is None or not isinstance(head, torch.nn.Linear):
+        return None
+    return body, head
+
+
+def token_logprobs(model: torch.nn.Module, batch: Batch, entropy: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log π(target) at the trained positions (flattened, [N]), and their entropy (detached) if asked.
+
+    Only trained positions go through the LM head: on agent traces most tokens are prompt and tool output,
+    and the vocabulary projection is a large part of a small model's cost.
+    """
+    sel = batch.loss_mask
+    parts = _backbone_and_head(model)
+    if parts is not None:
+        body, head = parts
+        hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]
+        logits = head(hidden[sel]).float()
+    else:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        logits = out.logits[sel].float()
+    lse = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, batch.targets[sel].unsqueeze(-1)).squeeze(-1) - lse
+    ent = None
+    if entropy:
+        with torch.no_grad():   # H = logsumexp − Σ p·logit, in chunks to bound the [N, V] temporaries
+            ent = torch.cat([z - (torch.softmax(c, -1) * c).sum(-1)
+                             for c, z in zip(logits.detach().split(1024), lse.detach().split(1024))]
+                            or [logits.new_zeros(0)])
+    return logp, ent
+
+
+def reinforce_loss(logp: torch.Tensor, batch: Batch, n_total: int, cfg: TrainConfig
+                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """−Σ w·A·logπ / n_total  (+ τ/2·Σ(logπ − logπ_old)² / n_total) over this micro-batch's trained tokens.
+
+    ``n_total`` is the number of trained tokens in the WHOLE batch, so summing the micro-batch losses gives the
+    token-level mean over the batch whatever the micro-batching.
+    """
+    sel = batch.loss_mask
+    adv, old, is_old = batch.advantages[sel], batch.old_logprobs[sel], batch.is_old[sel]
+    w = torch.ones_like(logp)
+    if cfg.off_policy == "is":
+        ratio = torch.exp(logp.detach() - old)
+        w = torch.where(is_old, ratio.clamp(max=cfg.is_cap), w)
+    pg = -(w * adv * logp).sum() / n_total
+    l2 = (cfg.l2_tau / 2) * ((logp - old) ** 2).sum() / n_total if cfg.l2_tau > 0 else logp.new_zeros(())
+    with torch.no_grad():
+        cur = ~is_old
+        stats = {
+            "pg_loss": pg.detach(), "l2_loss": l2.detach(),
+            "adv_sum": adv.sum(), "w_sum_old": w[is_old].sum(), "clipped_old": (w[is_old] >= cfg.is_cap).sum(),
+            "n_old": is_old.sum(), "mismatch_sum": (logp.detach() - old)[cur].abs().sum(), "n_cur": cur.sum(),
+        }
+    return pg + l2, stats
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+class ReinforceTrainer:
+    """Owns the weights being trained, their optimizer and the weight version.
+
+    ``model`` is updated in place: a policy that samples from ``trainer.model`` sees each update at once and
+    must tag new tokens with ``trainer.version``.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, cfg: TrainConfig, version: int = 0):
+        self.cfg, self.tokenizer, self.version = cfg, tokenizer, int(version)
+        self.device = torch.device(cfg.device)
+        model = model.to(self.device)
+        if cfg.lora_r > 0:
+            from peft import LoraConfig, get_peft_model
+            targets = "all-linear" if cfg.lora_target == "all-linear" else \
+                [t.strip() for t in cfg.lora_target.split(",") if t.strip()]
+            model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                     lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                                     task_type="CAUSAL_LM"))
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, eps=cfg.adam_eps,
+                                           weight_decay=cfg.weight_decay)
+
+    @property
+    def is_lora(self) -> bool:
+        return self.cfg.lora_r > 0
+
+    def _autocast(self):
+        if not self.cfg.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def step(self, groups: list[Group]) -> dict[str, float]:
+        """One REINFORCE update from groups of finished trajectories; returns metrics (incl. the new version)."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        for g in groups:
+            for s in g:
+                if not s.traj.finished:
+                    raise ValueError(f"trajectory {s.traj.id} is not finished ({s.traj.finish_reason!r}); "
+                                     "unfinished runs belong in the replay buffer, not in an update")
+        selected, metrics = select(groups, cfg, self.version)
+        rows, rst = build_rows(selected, cfg, self.version)
+        n_total = sum(sum(r.loss_mask) for r in rows)
+        metrics.update(old_tokens=float(rst.old_tokens), masked_old_tokens=float(rst.masked_old),
+                       truncated_tokens=float(rst.truncated), tokens=float(n_total))
+        if n_total == 0:   # nothing to learn from: keep weights and version
+            metrics.update(skipped_update=1.0, version=float(self.version), loss=0.0,
+                           update_seconds=time.perf_counter() - t0)
+            return metrics
+
+        rows.sort(key=lambda r: -len(r.input_ids))   # similar lengths per micro-batch → less padding
+        was_training = self.model.training
+        self.model.train()
+        acc: dict[str, float] = {}
+        ent_sum, seq_tokens = 0.0, 0
+        for i in range(0, len(rows), cfg.micro_batch_size):
+            batch = collate(rows[i:i + cfg.micro_batch_size], self.device)
+            seq_tokens += batch.n_tokens
+            with self._autocast():
+                logp, ent = token_logprobs(self.model, batch, entropy=cfg.log_entropy)
+                loss, st = reinforce_loss(logp, batch, n_total, cfg)
+            loss.backward()
+            st["loss"] = loss.detach()
+            for k, v in st.items():
+                acc[k] = acc.get(k, 0.0) + float(v)
+            if ent is not None:
+                ent_sum += float(ent.sum())
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.model.train(was_training)
+        self.version += 1
+
+        dt = time.perf_counter() - t0
+        n_old = acc["n_old"]
+        metrics.update(
+            skipped_update=0.0,
+            loss=acc["loss"], pg_loss=acc["pg_loss"], l2_loss=acc["l2_loss"],
+            entropy=ent_sum / n_total if cfg.log_entropy else float("nan"),
+            mean_advantage=acc["adv_sum"] / n_total,
+            is_weight_mean=acc["w_sum_old"] / n_old if n_old else 1.0,
+            is_clipped_frac=acc["clipped_old"] / n_old if n_old else 0.0,
+            logprob_mismatch=acc["mismatch_sum"] / acc["n_cur"] if acc["n_cur"] else 0.0,
+            grad_norm=grad_norm, lr=float(self.optimizer.param_groups[0]["lr"]),
+            seq_tokens=float(seq_tokens), tokens_per_s=seq_tokens / dt, update_seconds=dt,
+            version=float(self.version),
+        )
+        return metrics

@@ -1,0 +1,309 @@
+"""The REINFORCE objective on a tiny random Llama: exact loss values, masking, advantages, learning."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import pytest
+import torch
+
+from sleuth.rewards import RewardConfig, outcome_reward, step_rewards, token_rewards
+from sleuth.rl.buffer import ReplayBuffer
+from sleuth.rl.config import TrainConfig, load_config
+from sleuth.rl.reinforce import (ReinforceTrainer, Scored, build_rows, collate, negatives_to_drop,
+                                 reinforce_loss, select, token_logprobs)
+from sleuth.rl.toy import OBS, tiny_llama, toy_config, train_toy
+from sleuth.trajectory import Segment, Trajectory
+
+GAMMA = 0.9
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models run fastest (and reproducibly) on one thread, especially on a busy machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_traj(steps: list[list[int]], finish: str = "finish", prompt=(1, 3), version: int = 0,
+              lp: float = -4.0, versions: list[int] | None = None, step_base: int = 0) -> Trajectory:
+    """Prompt (context) → step tokens (policy) separated by OBS (context), like an agent transcript."""
+    seg = Segment()
+    seg.extend_context(list(prompt))
+    for i, ids in enumerate(steps):
+        if i:
+            seg.extend_context([OBS])
+        v = versions[i] if versions else version
+        seg.extend_policy(ids, [lp - 0.1 * k for k in range(len(ids))], v, step=i + step_base)
+    return Trajectory(question="q", segments=[seg], steps=len(steps), finish_reason=finish)
+
+
+def cfg_for(**kw) -> TrainConfig:
+    base = dict(lr=1e-3, micro_batch_size=8, max_grad_norm=0.0, log_entropy=True)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def manual_loss(model, groups, cfg: TrainConfig, version: int = 0) -> float:
+    """REINFORCE loss written out independently: full-vocabulary log-softmax, explicit loops."""
+    num, den = 0.0, 0
+    for group in groups:
+        rewards = [outcome_reward(s.traj, s.correct, cfg.reward) for s in group]
+        mean = sum(rewards) / len(rewards)
+        std = (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5
+        if std == 0:
+            continue
+        scale = std + 1e-6 if cfg.normalize_std else 1.0
+        for s, r in zip(group, rewards):
+            seg = s.traj.segments[0]
+            T = s.traj.steps
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([seg.token_ids])).logits[0].double()
+            logsm = torch.log_softmax(logits, -1)
+            for t in range(1, len(seg.token_ids)):
+                if not seg.mask[t]:
+                    continue
+                old = seg.versions[t] < version
+                if old and cfg.off_policy == "mask":
+                    continue
+                step_r = r * GAMMA ** (T - 1 - seg.steps[t]) if (s.correct and cfg.reward.gamma_decay) else r
+                a = (step_r - mean) / scale
+                lp = float(logsm[t - 1, seg.token_ids[t]])
+                w = min(math.exp(lp - seg.logprobs[t]), cfg.is_cap) if (old and cfg.off_policy == "is") else 1.0
+                num += -w * a * lp + cfg.l2_tau / 2 * (lp - seg.logprobs[t]) ** 2
+                den += 1
+    return num / den
+
+
+def fixed_groups() -> list[list[Scored]]:
+    return [
+        [Scored(make_traj([[10, 11], [12]]), True),               # correct in 2 steps: gamma-decayed
+         Scored(make_traj([[13, 14, 15]]), False),
+         Scored(make_traj([[16], [17], [18]], finish="max_steps"), False)],   # budget penalty
+        [Scored(make_traj([[20, 21]]), True),
+         Scored(make_traj([[22], [23, 24]]), True)],               # all correct → zero variance → skipped
+    ]
+
+
+# ------------------------------------------------------------------------------------------ rewards
+def test_step_rewards_gamma_decay():
+    assert step_rewards(3, 1.0, 0.9) == pytest.approx([0.81, 0.9, 1.0])
+    assert step_rewards(1, 2.0, 0.5) == [2.0]
+    assert step_rewards(0, 1.0, 0.9) == []
+
+
+def test_token_rewards_follow_steps_and_correctness():
+    cfg = RewardConfig(gamma=0.5)
+    t = make_traj([[10, 11], [12], [13]])            # 0-based step indices 0, 1, 2; T = 3
+    rew = token_rewards(t, True, cfg)[0]
+    seg = t.segments[0]
+    got = {seg.token_ids[i]: r for i, r in enumerate(rew) if seg.mask[i]}
+    assert got == {10: 0.25, 11: 0.25, 12: 0.5, 13: 1.0}
+    assert all(r == 0.0 for r, m in zip(rew, seg.mask) if not m)
+    # 1-based step numbering gives the same rewards (anchored on the final step)
+    t1 = make_traj([[10, 11], [12], [13]], step_base=1)
+    assert token_rewards(t1, True, cfg) == token_rewards(t, True, cfg)
+    # a failed trajectory keeps one flat reward on every step
+    bad = make_traj([[10], [11]], finish="max_steps")
+    flat = [r for r, m in zip(token_rewards(bad, False, cfg)[0], bad.segments[0].mask) if m]
+    assert flat == [-0.1, -0.1]
+
+
+def test_outcome_reward_penalties():
+    cfg = RewardConfig()
+    t = make_traj([[10]])
+    assert outcome_reward(t, True, cfg) == 1.0
+    t.format_errors = 2
+    assert outcome_reward(t, True, cfg) == pytest.approx(0.8)
+    t.format_errors = 50                                   # capped
+    assert outcome_reward(t, True, cfg) == pytest.approx(0.7)
+    t.format_errors, t.finish_reason = 0, "context"
+    assert outcome_reward(t, False, cfg) == pytest.approx(-0.1)
+    with pytest.raises(ValueError):
+        RewardConfig(gamma=0.0)
+
+
+# ---------------------------------------------------------------------------------------- selection
+def test_zero_variance_groups_are_skipped():
+    sel, st = select(fixed_groups(), cfg_for(), version=0)
+    assert st["skipped_groups"] == 1 and st["groups"] == 2
+    assert len(sel) == 3 and st["trajectories"] == 5
+
+
+def test_all_groups_without_signal_leave_weights_alone():
+    model = tiny_llama(seed=1)
+    trainer = ReinforceTrainer(model, None, cfg_for())
+    before = copy.deepcopy(model.state_dict())
+    m = trainer.step([[Scored(make_traj([[10]]), True), Scored(make_traj([[11]]), True)],
+                      [Scored(make_traj([[12]]), False), Scored(make_traj([[13]]), False)]])
+    assert m["skipped_update"] == 1.0 and m["skipped_groups"] == 2 and trainer.version == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_negative_sample_control_drops_the_configured_count():
+    groups = [[Scored(make_traj([[10 + i]]), i == 0) for i in range(5)] for _ in range(4)]   # 16 failed
+    for frac, expect in [(0.0, 0), (0.25, 4), (0.5, 8), (0.3, 4), (1.0, 16)]:
+        sel, st = select(groups, cfg_for(negative_drop_frac=frac), version=3)
+        assert st["dropped_negatives"] == expect
+        assert sum(not s.scored.correct for s in sel) == 16 - expect
+        assert sum(s.scored.correct for s in sel) == 4           # successes are never dropped
+    assert negatives_to_drop(16, 0.5, seed=0, version=3) == negatives_to_drop(16, 0.5, seed=0, version=3)
+    assert any(negatives_to_drop(16, 0.5, seed=0, version=v) != negatives_to_drop(16, 0.5, seed=0, version=3)
+               for v in range(4, 8))
+
+
+# --------------------------------------------------------------------------------------------- loss
+@pytest.mark.parametrize("kw", [{}, {"normalize_std": True}, {"l2_tau": 0.5},
+                                {"reward": RewardConfig(gamma_decay=False)}])
+def test_loss_equals_hand_computed_reinforce(kw):
+    model = tiny_llama(seed=2)
+    ref = copy.deepcopy(model)
+    cfg = cfg_for(**kw)
+    groups = fixed_groups()
+    expected = manual_loss(ref, groups, cfg)
+    m = ReinforceTrainer(model, None, cfg).step(groups)
+    assert m["loss"] == pytest.approx(expected, abs=1e-5)
+    assert m["tokens"] == 3 + 3 + 3                      # trained tokens of the three kept trajectories
+    assert m["version"] == 1.0 and m["skipped_groups"] == 1
+    assert not any(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
+
+
+def test_micro_batching_gives_the_same_update():
+    a, b = tiny_llama(seed=3), tiny_llama(seed=3)
+    ma = ReinforceTrainer(a, None, cfg_for(micro_batch_size=1)).step(fixed_groups())
+    mb = ReinforceTrainer(b, None, cfg_for(micro_batch_size=64)).step(fixed_groups())
+    assert ma["loss"] == pytest.approx(mb["loss"], abs=1e-6)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_context_tokens_get_zero_gradient():
+    """The final hidden state at a position is used only to predict the next token, so its gradient must be
+    exactly zero wherever the next token is prompt/tool/padding (mask 0) and non-zero where it is trained."""
+    model = tiny_llama(seed=4)
+    cfg = cfg_for()
+    sel, _ = select(fixed_groups(), cfg, version=0)
+    rows, _ = build_rows(sel, cfg, version=0)
+    batch = collate(rows)
+    captured = {}
+
+    def hook(_mod, _inp, out):
+        out.retain_grad()
+        captured["h"] = out
+
+    handle = model.model.norm.register_forward_hook(hook)
+    logp, _ = token_logprobs(model, batch)
+    loss, _ = reinforce_loss(logp, batch, int(batch.loss_mask.sum()), cfg)
+    loss.backward()
+    handle.remove()
+    g = captured["h"].grad.abs().sum(-1)           # [B, L]
+    assert torch.all(g[~batch.loss_mask] == 0)
+    assert torch.all(g[batch.loss_mask] > 0)
+    # and the loss mask is the policy mask shifted by one: row r, position t trains token t+1 iff mask[t+1]
+    seg = sel[0].scored.traj.segments[0]
+    row = next(r for r in rows if r.input_ids == seg.token_ids[:-1])
+    assert row.loss_mask == seg.mask[1:] and row.targets == seg.token_ids[1:]
+
+
+def test_old_version_tokens_masked_or_importance_weighted():
+    # Partial rollouts: step 0 sampled by version 0, step 1 by version 1; the trainer is at version 1.
+    def groups():
+        return [[Scored(make_traj([[10, 11], [12, 13]], versions=[0, 1], lp=-6.0), True),
+                 Scored(make_traj([[14], [15]], versions=[0, 1], lp=-0.5), False),
+                 Scored(make_traj([[16, 17]], versions=[1], lp=-3.0), False)]]
+
+    for mode in ("mask", "is"):
+        model = tiny_llama(seed=5)
+        ref = copy.deepcopy(model)
+        cfg = cfg_for(off_policy=mode, is_cap=2.0)
+        trainer = ReinforceTrainer(model, None, cfg, version=1)
+        m = trainer.step(groups())
+        assert m["old_tokens"] == 3
+        assert m["loss"] == pytest.approx(manual_loss(ref, groups(), cfg, version=1), abs=1e-5)
+        if mode == "mask":
+            assert m["masked_old_tokens"] == 3 and m["tokens"] == 5
+        else:
+            # lp=-6 under a near-uniform model (log 1/64 ≈ -4.16) → ratio e^1.8 > 2: clipped at the cap;
+            # lp=-0.5 → ratio ≈ e^-3.7: kept as is
+            assert m["masked_old_tokens"] == 0 and m["tokens"] == 8
+            assert m["is_clipped_frac"] == pytest.approx(2 / 3)
+            assert 0.0 < m["is_weight_mean"] < 2.0
+        assert trainer.version == 2
+
+    # a token from a newer version than the trainer's means the rollout used the wrong weights
+    with pytest.raises(ValueError, match="version"):
+        ReinforceTrainer(tiny_llama(), None, cfg_for(), version=0).step(
+            [[Scored(make_traj([[10]], version=1), True), Scored(make_traj([[11]]), False)]])
+    with pytest.raises(ValueError, match="not finished"):
+        ReinforceTrainer(tiny_llama(), None, cfg_for()).step(
+            [[Scored(make_traj([[10]], finish="unfinished"), True)]])
+
+
+def test_lora_and_bf16_updates():
+    model = tiny_llama(seed=6)
+    base = copy.deepcopy(model.state_dict())
+    trainer = ReinforceTrainer(model, None, cfg_for(lora_r=4, lr=1e-2, bf16=True))
+    assert all("lora_" in n for n, p in trainer.model.named_parameters() if p.requires_grad)
+    m = trainer.step(fixed_groups())
+    assert math.isfinite(m["loss"]) and math.isfinite(m["entropy"]) and m["grad_norm"] > 0
+    merged = trainer.model.merge_and_unload().state_dict()
+    assert any(not torch.equal(base[k], merged[k]) for k in base)     # the adapter changed the function
+
+
+# ------------------------------------------------------------------------------------------ learning
+def test_toy_task_reward_rises():
+    t0 = time.perf_counter()
+    hist = train_toy(toy_config(seed=0), iterations=25)
+    acc = [m["accuracy"] for m in hist]
+    assert sum(acc[:3]) / 3 < 0.3, acc          # a random policy finds the target ~13% of the time
+    assert sum(acc[-5:]) / 5 > 0.6, acc
+    assert hist[-1]["entropy"] < hist[0]["entropy"]
+    assert time.perf_counter() - t0 < 120
+
+
+# ------------------------------------------------------------------------------------ config, buffer
+def test_config_from_toml(tmp_path):
+    p = tmp_path / "rl.toml"
+    p.write_text('lr = 2e-5\noff_policy = "is"\nbetas = [0.9, 0.99]\n[reward]\ngamma = 0.8\n')
+    cfg = load_config(p, seed=7)
+    assert (cfg.lr, cfg.off_policy, cfg.betas, cfg.reward.gamma, cfg.seed) == (2e-5, "is", (0.9, 0.99), 0.8, 7)
+    p.write_text("lrr = 1\n")
+    with pytest.raises(ValueError, match="lrr"):
+        load_config(p)
+    p.write_text("[reward]\ngama = 0.8\n")
+    with pytest.raises(ValueError, match="gama"):
+        load_config(p)
+    p.write_text('off_policy = "clip"\n')
+    with pytest.raises(ValueError, match="off_policy"):
+        load_config(p)
+    p.write_text("lr = \n")
+    with pytest.raises(ValueError, match="invalid TOML"):
+        load_config(p)
+
+
+def test_replay_buffer_roundtrip_and_eviction():
+    buf = ReplayBuffer(max_age=1)
+    a = make_traj([[10]], finish="unfinished", version=3)
+    b = make_traj([[11]], finish="finish", version=3)
+    c = make_traj([[12]], finish="unfinished", version=4)
+    buf.add(a, {"step": 1}, version=3, group="g1")
+    buf.hold(b, group="g1", version=3)
+    buf.add(c, {"step": 1}, version=4, group="g2")
+    with pytest.raises(ValueError):
+        buf.add(b, {}, version=3)
+    with pytest.raises(ValueError, match="JSON"):
+        buf.add(make_traj([[1]], finish="unfinished"), {"x": object()}, version=3)
+    assert buf.stats(5) == {"size": 3.0, "unfinished": 2.0, "held": 1.0, "groups": 2.0,
+                            "age_max": 2.0, "age_mean": pytest.approx(5 / 3)}
+    import json
+    again = ReplayBuffer.from_dict(json.loads(json.dumps(buf.to_dict())))
+    assert again.to_dict() == buf.to_dict()
+    evicted = again.evict(current_version=5)          # g1 is 2 versions old > max_age 1: the whole group goes
+    assert {e.group for e in evicted} == {"g1"} and len(evicted) == 2 and len(again) == 1
+    first = buf.pop_resumable()
+    assert [e.traj.id for e in first] == [a.id, c.id] and first[0].state == {"step": 1}
+    assert [t.id for t in buf.pop_group("g1")] == [b.id] and len(buf) == 0

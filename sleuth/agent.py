@@ -35,7 +35,7 @@ class AgentConfig:
     temperature: float = 0.7
     top_p: float = 1.0
     prompt: str = "fewshot"
-    """'fewshot' (system + one worked example as earlier turns) or 'plain' (system prompt only)."""
+    """Prompt variant (see PROMPTS): system prompt, optionally with a worked example as earlier turns."""
     obs_chars: int = 3000
     """Cap on one observation's characters (the tools page longer content)."""
     context: ContextConfig = field(default_factory=ContextConfig)
@@ -110,15 +110,25 @@ class ToolSession:
 # ------------------------------------------------------------------------------------------ prompts
 
 
-def load_prompt(variant: str, tools: tuple[str, ...]) -> list[dict[str, str]]:
-    """Messages before the question: the system prompt, plus the worked example for 'fewshot'."""
+# Prompt variants: (system prompt file, worked-example file or None). Which one the untrained policy
+# follows best is measured on dev data by benchmarks/prompt_select.py.
+PROMPTS = {
+    "plain": ("system.md", None),
+    "fewshot": ("system.md", "example_fewshot.json"),
+    "short": ("system_short.md", None),
+    "short-fewshot": ("system_short.md", "example_short.json"),
+}
+
+
+def load_prompt(variant: str, tools: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """Messages before the question: a system prompt, plus a worked example as earlier turns."""
+    if variant not in PROMPTS:
+        raise ValueError(f"unknown prompt variant {variant!r} (choose from {', '.join(PROMPTS)})")
+    system_file, example_file = PROMPTS[variant]
     base = resources.files("sleuth") / "prompts"
-    system = (base / "system.md").read_text(encoding="utf-8").strip()
-    msgs = [{"role": "system", "content": system}]
-    if variant == "fewshot":
-        msgs += json.loads((base / "example.json").read_text(encoding="utf-8"))
-    elif variant != "plain":
-        raise ValueError(f"unknown prompt variant {variant!r} (choose 'fewshot' or 'plain')")
+    msgs = [{"role": "system", "content": (base / system_file).read_text(encoding="utf-8").strip()}]
+    if example_file:
+        msgs += json.loads((base / example_file).read_text(encoding="utf-8"))
     return msgs
 
 

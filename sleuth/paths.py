@@ -14,6 +14,12 @@ def home() -> Path:
     return p
 
 
+def models_dir() -> Path:
+    """Converted model weights (shared across SLEUTH_HOMEs when SLEUTH_MODELS is set)."""
+    env = os.environ.get("SLEUTH_MODELS")
+    return Path(env) if env else home() / "models"
+
+
 def index_dir(name: str) -> Path:
     return home() / "indexes" / name
 

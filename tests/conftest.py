@@ -5,6 +5,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests point SLEUTH_HOME at temporary directories; the converted embedded model is shared, not redone.
+os.environ.setdefault("SLEUTH_MODELS", os.path.join(os.environ.get("SLEUTH_HOME", os.path.expanduser(
+    "~/.cache/sleuth")), "models"))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,358 @@
+"""Local transformers causal LM as a token-in/token-out policy, with batched KV-cache generation.
+
+``HFPolicy.generate`` advances every row of a batch together: prompts are left-padded, the whole batch is
+prefilled once, then each step feeds one token per live row through a shared ``DynamicCache``. Rows that
+finish are dropped from the batch (cache rows included), so a long straggler does not pay for the rest.
+
+Log-probs: for each sampled token we return ``log_softmax(logits / T)[token]`` — the log-probability under
+the temperature-T distribution the token was drawn from (raw ``log_softmax(logits)`` when greedy, T = 0).
+Top-p truncation is *not* folded in: the value is the untruncated temperature-T log-prob, which is exactly
+what ``logprobs(seqs, temperature=T)`` recomputes at training time, so importance ratios line up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sleuth import paths
+from sleuth.policy.base import Generation, SamplingParams
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_NAME = "smollm2-135m-instruct"
+VERSION_FILE = "sleuth_version.json"
+_SOURCE_FILE = "sleuth_source.json"   # records which GGUF a cached safetensors copy came from
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _dtype(d: str | torch.dtype) -> torch.dtype:
+    if isinstance(d, torch.dtype):
+        return d
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if d not in table:
+        raise ValueError(f"unknown dtype {d!r}; use one of {sorted(table)}")
+    return table[d]
+
+
+def embedded_cache_dir() -> Path:
+    """Where the safetensors copy of the embedded GGUF model lives (under SLEUTH_HOME)."""
+    return paths.models_dir() / EMBEDDED_NAME
+
+
+def _gguf_signature(gguf: Path) -> dict[str, Any]:
+    st = gguf.stat()
+    return {"gguf": gguf.name, "size": st.st_size}
+
+
+def ensure_embedded_checkpoint() -> Path:
+    """Return a transformers directory for the embedded model, converting the GGUF once if needed.
+
+    Dequantising the GGUF takes tens of seconds; the safetensors copy then loads in about a second.
+    The copy is written to a temporary directory beside the target and renamed into place, so a crash or
+    a concurrent process never leaves a half-written model behind.
+    """
+    _offline()
+    gguf = paths.embedded_policy_gguf()
+    target = embedded_cache_dir()
+    want = _gguf_signature(gguf)
+    src_file = target / _SOURCE_FILE
+    if src_file.exists():
+        try:
+            if json.loads(src_file.read_text()) == want:
+                return target
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable marker: rebuild below
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s to safetensors under %s (one-time, ~40 s)", gguf.name, target)
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are already dequantised to float32; only the GGUF quantizer marker blocks saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / _SOURCE_FILE).write_text(json.dumps(want))
+        if target.exists():  # stale copy (different GGUF or broken marker): move it aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}-old-", dir=target.parent))
+            os.rename(target, old / "m")
+            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / _SOURCE_FILE).exists():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.warning("converted in %.1f s", time.perf_counter() - t0)
+    return target
+
+
+class HFPolicy:
+    """A transformers causal LM behind the TokenPolicy protocol."""
+
+    def __init__(self, model: Any, tokenizer: Any, name: str = "hf", version: int = 0,
+                 drop_finished: bool = True) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.version = int(version)
+        self.drop_finished = drop_finished   # drop finished rows from the batch (False: keep, ignore them)
+        self.device = next(model.parameters()).device
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+        self.eos_ids = self._eos_ids()
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.eos_ids))
+
+    # ---------------------------------------------------------------- loading / saving
+    @classmethod
+    def load(cls, spec: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32",
+             device: str | None = None) -> "HFPolicy":
+        """``None``/``'smollm2'`` -> the embedded SmolLM2-135M-Instruct; a path -> that model directory
+        (or a single ``.gguf`` file). Offline only: hub ids are not fetched."""
+        _offline()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf_file = None
+        if spec is None or str(spec).lower() in ("smollm2", EMBEDDED_NAME):
+            model_dir, name = ensure_embedded_checkpoint(), EMBEDDED_NAME
+        else:
+            p = Path(spec).expanduser()
+            if not p.exists():
+                raise FileNotFoundError(
+                    f"policy model {str(spec)!r} not found: pass 'smollm2' (the embedded model) or a local "
+                    "transformers model directory (models are never downloaded)")
+            if p.is_file() and p.suffix == ".gguf":
+                model_dir, gguf_file, name = p.parent, p.name, p.stem
+            elif p.is_dir() and (p / "config.json").exists():
+                model_dir, name = p, p.name
+            else:
+                raise FileNotFoundError(f"{p} is not a transformers model directory (no config.json) "
+                                        "nor a .gguf file")
+        kw: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+        tok = AutoTokenizer.from_pretrained(model_dir, **kw)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype), **kw)
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(dev)
+        version = 0
+        vfile = Path(model_dir) / VERSION_FILE
+        if vfile.exists():
+            try:
+                version = int(json.loads(vfile.read_text())["version"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{vfile} is not valid ({e}); expected {{\"version\": <int>}}") from e
+        return cls(model, tok, name=name, version=version)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write weights, tokenizer and ``sleuth_version.json`` atomically (temp dir, then rename)."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / VERSION_FILE).write_text(json.dumps({"version": self.version, "name": self.name}))
+            if target.exists():
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        for v in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(v, int):
+                ids.add(v)
+            elif isinstance(v, (list, tuple)):
+                ids.update(int(x) for x in v)
+        if not ids:
+            raise ValueError("the tokenizer has no eos token; generation could never end on its own")
+        return ids
+
+    # ---------------------------------------------------------------- validation
+    def _check_sequences(self, seqs: Any, what: str, min_len: int = 1) -> list[list[int]]:
+        if not isinstance(seqs, (list, tuple)) or not seqs:
+            raise ValueError(f"{what} must be a non-empty list of token-id lists")
+        out = []
+        for i, s in enumerate(seqs):
+            if isinstance(s, str):
+                raise ValueError(f"{what}[{i}] is a string; encode it to token ids first")
+            if not isinstance(s, (list, tuple)) or len(s) < min_len:
+                raise ValueError(f"{what}[{i}] must be a list of at least {min_len} token id(s)")
+            if not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < self.vocab_size for t in s):
+                raise ValueError(f"{what}[{i}] holds a value that is not a token id in [0, {self.vocab_size})")
+            if self.max_positions and len(s) > self.max_positions:
+                raise ValueError(f"{what}[{i}] has {len(s)} tokens; the model's context is {self.max_positions}")
+            out.append(list(s))
+        return out
+
+    # ---------------------------------------------------------------- generation
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], params: SamplingParams | None = None) -> list[Generation]:
+        """Continue each prompt; all rows advance together in one batch with a shared KV cache."""
+        params = params or SamplingParams()
+        prompts = self._check_sequences(prompts, "prompts")
+        if params.temperature < 0 or not (0 < params.top_p <= 1) or params.max_new_tokens < 0:
+            raise ValueError(f"invalid sampling params {params}: need temperature >= 0, 0 < top_p <= 1, "
+                             "max_new_tokens >= 0")
+        n = len(prompts)
+        out_ids: list[list[int]] = [[] for _ in range(n)]
+        out_lp: list[list[float]] = [[] for _ in range(n)]
+        reasons = ["length"] * n
+        longest = max(len(p) for p in prompts)
+        budget = params.max_new_tokens
+        if self.max_positions:
+            budget = min(budget, self.max_positions - longest)
+        if budget > 0:
+            self._run(prompts, params, budget, out_ids, out_lp, reasons)
+        gens = []
+        for ids, lps, why in zip(out_ids, out_lp, reasons):
+            shown = ids[:-1] if why == "eos" else ids   # the text omits the eos marker; token_ids keep it
+            gens.append(Generation(token_ids=ids, logprobs=lps, finish_reason=why,
+                                   text=self.tokenizer.decode(shown, skip_special_tokens=False)))
+        return gens
+
+    def _run(self, prompts: list[list[int]], params: SamplingParams, budget: int,
+             out_ids: list[list[int]], out_lp: list[list[float]], reasons: list[str]) -> None:
+        from transformers import DynamicCache
+
+        dev = self.device
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)      # real tokens count 0.. from their own first token
+        cache = DynamicCache(config=self.model.config)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        rows = list(range(len(prompts)))            # batch row -> original prompt index
+        next_pos = pos[:, -1:] + 1
+        stop_window = 4 * max((len(s) for s in params.stop), default=0) + 4  # tokens to re-decode per check
+
+        for step in range(budget):
+            tok, lp = self._sample(logits, params)
+            tok_l, lp_l = tok.tolist(), lp.tolist()
+            keep: list[int] = []
+            for b, r in enumerate(rows):
+                if reasons[r] != "length" or len(out_ids[r]) >= budget:
+                    continue  # finished earlier but still in the batch (drop_finished=False)
+                out_ids[r].append(tok_l[b])
+                out_lp[r].append(lp_l[b])
+                if tok_l[b] in self.eos_ids:
+                    reasons[r] = "eos"
+                elif params.stop and self._hit_stop(out_ids[r], params.stop, stop_window):
+                    reasons[r] = "stop"
+                else:
+                    keep.append(b)
+            if not keep or step == budget - 1:
+                break
+            if self.drop_finished and len(keep) < len(rows):
+                sel = torch.tensor(keep, device=dev)
+                cache.batch_select_indices(sel)
+                mask, next_pos, tok = mask[sel], next_pos[sel], tok[sel]
+                rows = [rows[b] for b in keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            logits = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
+                                past_key_values=cache, use_cache=True).logits[:, -1, :]
+            next_pos = next_pos + 1
+
+    def _hit_stop(self, ids: list[int], stops: list[str], window: int) -> bool:
+        # Only the tail can hold a stop string completed by the newest token; earlier hits already stopped.
+        tail = self.tokenizer.decode(ids[-window:], skip_special_tokens=False)
+        return any(s and s in tail for s in stops)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = logits.float()
+        if params.temperature == 0:
+            logp = torch.log_softmax(logits, dim=-1)
+            tok = logp.argmax(dim=-1)
+            return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+        logp = torch.log_softmax(logits / params.temperature, dim=-1)
+        probs = logp.exp()
+        if params.top_p < 1.0:
+            sp, si = probs.sort(dim=-1, descending=True)
+            # keep the smallest prefix whose mass reaches top_p (the top token always survives)
+            drop = (sp.cumsum(-1) - sp) >= params.top_p
+            sp = sp.masked_fill(drop, 0.0)
+            pick = torch.multinomial(sp, 1)
+            tok = si.gather(-1, pick).squeeze(-1)
+        else:
+            tok = torch.multinomial(probs, 1).squeeze(-1)
+        return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+    # ---------------------------------------------------------------- scoring
+    @torch.inference_mode()
+    def logprobs(self, sequences: list[list[int]], temperature: float = 1.0,
+                 max_batch_tokens: int = 4096) -> list[list[float]]:
+        """Teacher-forced log-probs: ``out[i][j] = log p(seq[j+1] | seq[:j+1])`` (len(seq) - 1 values).
+
+        ``temperature`` divides the logits first (pass the sampling temperature to reproduce the values
+        ``generate`` returned; T = 0 means greedy and scores at T = 1 like ``generate`` does)."""
+        seqs = self._check_sequences(sequences, "sequences", min_len=1)
+        scale = 1.0 if temperature in (0, 1) else float(temperature)
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        result: list[list[float]] = [[] for _ in seqs]
+        for chunk in self._length_batches(seqs, max_batch_tokens):
+            width = max(len(seqs[i]) for i in chunk)
+            if width < 2:
+                continue
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for b, i in enumerate(chunk):   # right padding: positions are then simply 0..n-1
+                ids[b, :len(seqs[i])] = torch.tensor(seqs[i])
+                mask[b, :len(seqs[i])] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1, :].float() / scale
+            lp = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - logits.logsumexp(dim=-1)
+            del logits
+            for b, i in enumerate(chunk):
+                result[i] = lp[b, :len(seqs[i]) - 1].tolist()
+        return result
+
+    @staticmethod
+    def _length_batches(seqs: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Group indices by similar length (little padding) so that rows x width stays under max_tokens:
+        the logits alone are width x vocab floats per row."""
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            if cur and (len(cur) + 1) * len(seqs[i]) > max_tokens:
+                batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            batches.append(cur)
+        return batches
+
+    def __repr__(self) -> str:
+        return f"HFPolicy(name={self.name!r}, version={self.version}, device={self.device})"

@@ -1,0 +1,363 @@
+"""Policies: the real embedded SmolLM2 (batched KV-cache generation) and an OpenAI-format server on loopback.
+
+The model is loaded once (the session fixture ``smol_policy``). Its first load ever converts the shipped
+GGUF (~30-40 s); later loads read the safetensors copy under SLEUTH_MODELS (conftest points it at the
+default ~/.cache/sleuth/models, shared with the CLI, so the conversion is not redone per run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from sleuth.policy.base import ChatPolicy, SamplingParams, TokenPolicy  # noqa: E402
+from sleuth.policy.loader import load_policy  # noqa: E402
+from sleuth.policy.openai_policy import OpenAIPolicy, PolicyError  # noqa: E402
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Who wrote the play Hamlet? Answer in one sentence, then add one fact about the author's life.",
+    "2+2=",
+    "List three colours of the rainbow, one per line, and say which one has the longest wavelength.",
+]
+
+
+# ----------------------------------------------------------------------------------- local model
+@pytest.fixture(scope="module")
+def policy(smol_policy):
+    # One thread: on a small shared machine, intra-op threads that wait on each other are far slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield smol_policy
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prompts(policy) -> list[list[int]]:
+    tok = policy.tokenizer
+    out = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                   tokenize=True)["input_ids"] for q in QUESTIONS]
+    assert len({len(p) for p in out}) >= 3, "the test needs mixed prompt lengths"
+    return [list(p) for p in out]
+
+
+@pytest.fixture(scope="module")
+def greedy(policy, prompts):
+    return policy.generate(prompts, SamplingParams(max_new_tokens=20, temperature=0))
+
+
+@pytest.mark.slow
+def test_protocol_and_metadata(policy):
+    assert isinstance(policy, TokenPolicy)
+    assert policy.name == "smollm2-135m-instruct"
+    assert policy.version == 0
+    assert policy.tokenizer.convert_ids_to_tokens(sorted(policy.eos_ids)) == ["<|im_end|>"]
+
+
+@pytest.mark.slow
+def test_batched_greedy_equals_sequential_hf_generate(policy, prompts, greedy):
+    for p, g in zip(prompts, greedy):
+        x = torch.tensor([p])
+        ref = policy.model.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                                    max_new_tokens=20, pad_token_id=policy.pad_id)[0, len(p):].tolist()
+        assert g.token_ids == ref
+        assert len(g.logprobs) == len(g.token_ids)
+
+
+@pytest.mark.slow
+def test_keeping_finished_rows_gives_the_same_tokens(policy, prompts, greedy):
+    policy.drop_finished = False
+    try:
+        kept = policy.generate(prompts, SamplingParams(max_new_tokens=20, temperature=0))
+    finally:
+        policy.drop_finished = True
+    assert [g.token_ids for g in kept] == [g.token_ids for g in greedy]
+    assert greedy[0].finish_reason == "eos", "the short factual answer should end before 20 tokens"
+
+
+@pytest.mark.slow
+def test_logprobs_match_teacher_forcing(policy, prompts, greedy):
+    tf = policy.logprobs([p + g.token_ids for p, g in zip(prompts, greedy)])
+    for p, g, lp in zip(prompts, greedy, tf):
+        assert len(lp) == len(p) + len(g.token_ids) - 1
+        assert torch.allclose(torch.tensor(lp[len(p) - 1:]), torch.tensor(g.logprobs), atol=1e-3)
+        assert all(v <= 0 for v in g.logprobs)
+
+
+@pytest.mark.slow
+def test_sampled_logprobs_are_temperature_scaled(policy, prompts):
+    torch.manual_seed(1)
+    gens = policy.generate(prompts[:2], SamplingParams(max_new_tokens=12, temperature=0.7))
+    seqs = [p + g.token_ids for p, g in zip(prompts, gens)]
+    at_t = policy.logprobs(seqs, temperature=0.7)
+    at_1 = policy.logprobs(seqs)
+    for p, g, a, b in zip(prompts, gens, at_t, at_1):
+        assert torch.allclose(torch.tensor(a[len(p) - 1:]), torch.tensor(g.logprobs), atol=1e-3)
+        assert not torch.allclose(torch.tensor(b[len(p) - 1:]), torch.tensor(g.logprobs), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_eos_ends_generation_and_is_kept(policy, greedy):
+    g = greedy[0]
+    assert g.finish_reason == "eos"
+    assert g.token_ids[-1] in policy.eos_ids
+    assert "Paris" in g.text and "<|im_end|>" not in g.text
+
+
+@pytest.mark.slow
+def test_stop_string_includes_completing_token(policy, prompts, greedy):
+    i = next(i for i, g in enumerate(greedy) if g.finish_reason == "length")  # a 20-token answer
+    full = greedy[i]
+    # a stop string spanning the boundary between tokens 7 and 8 of the greedy text
+    before = policy.tokenizer.decode(full.token_ids[:7])
+    after = policy.tokenizer.decode(full.token_ids[:8])
+    stop = before[-2:] + after[len(before):len(before) + 2]
+    assert len(stop) >= 3 and stop not in before
+    g = policy.generate([prompts[i]], SamplingParams(max_new_tokens=20, temperature=0, stop=[stop]))[0]
+    assert g.finish_reason == "stop"
+    assert g.token_ids == full.token_ids[:len(g.token_ids)]
+    assert stop in g.text
+    assert stop not in policy.tokenizer.decode(g.token_ids[:-1])
+    assert len(g.token_ids) == 8
+
+
+@pytest.mark.slow
+def test_max_new_tokens(policy, prompts):
+    gens = policy.generate(prompts[1:3], SamplingParams(max_new_tokens=5, temperature=0))
+    assert [len(g.token_ids) for g in gens] == [5, 5]
+    assert {g.finish_reason for g in gens} == {"length"}
+    none = policy.generate(prompts[:1], SamplingParams(max_new_tokens=0))
+    assert none[0].token_ids == [] and none[0].finish_reason == "length"
+
+
+@pytest.mark.slow
+def test_sampling_is_reproducible_under_seed(policy, prompts):
+    params = SamplingParams(max_new_tokens=8, temperature=1.0)
+    torch.manual_seed(123)
+    a = policy.generate(prompts[1:3], params)
+    torch.manual_seed(123)
+    b = policy.generate(prompts[1:3], params)
+    torch.manual_seed(7)
+    c = policy.generate(prompts[1:3], params)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert [g.logprobs for g in a] == [g.logprobs for g in b]
+    assert [g.token_ids for g in a] != [g.token_ids for g in c]
+
+
+@pytest.mark.slow
+def test_tiny_top_p_is_greedy(policy, prompts, greedy):
+    torch.manual_seed(0)
+    gens = policy.generate(prompts[:2], SamplingParams(max_new_tokens=10, temperature=1.0, top_p=1e-6))
+    assert [g.token_ids for g in gens] == [g.token_ids[:10] for g in greedy[:2]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", [[], [[]], ["hello"], [[1, "x"]], [[-1]], [[10**9]], "hello", [[True]]])
+def test_invalid_prompts_give_clear_errors(policy, bad):
+    with pytest.raises(ValueError, match="prompts"):
+        policy.generate(bad, SamplingParams(max_new_tokens=2))
+
+
+@pytest.mark.slow
+def test_invalid_sampling_params(policy, prompts):
+    with pytest.raises(ValueError, match="temperature"):
+        policy.generate(prompts[:1], SamplingParams(temperature=-1))
+    with pytest.raises(ValueError, match="top_p"):
+        policy.generate(prompts[:1], SamplingParams(top_p=0))
+
+
+@pytest.mark.slow
+def test_checkpoint_directory_with_version(policy, tmp_path):
+    from sleuth.policy.hf import HFPolicy, embedded_cache_dir
+
+    src = embedded_cache_dir()
+    ckpt = tmp_path / "step-7"
+    ckpt.mkdir()
+    for f in src.iterdir():  # a checkpoint directory without copying 0.5 GB of weights
+        (ckpt / f.name).symlink_to(f)
+    (ckpt / "sleuth_version.json").write_text(json.dumps({"version": 7}))
+    pol = load_policy(str(ckpt))
+    assert isinstance(pol, HFPolicy) and pol.version == 7 and pol.name == "step-7"
+    (ckpt / "sleuth_version.json").write_text("{}")
+    with pytest.raises(ValueError, match="sleuth_version.json"):
+        HFPolicy.load(ckpt)
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_policy(str(tmp_path / "no-such-model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_policy(str(tmp_path / "empty"))
+
+
+# ----------------------------------------------------------------------------------- OpenAI format
+def _completion(message: dict[str, Any], finish: str = "stop") -> dict[str, Any]:
+    """A chat.completion object as documented in the OpenAI API reference."""
+    return {"id": "chatcmpl-9xYz", "object": "chat.completion", "created": 1718000000,
+            "model": "gpt-test", "system_fingerprint": "fp_test",
+            "choices": [{"index": 0, "message": {"role": "assistant", "refusal": None, **message},
+                         "logprobs": None, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 31, "completion_tokens": 9, "total_tokens": 40}}
+
+
+def _error(message: str, kind: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class _Server:
+    """A loopback HTTP server that replays scripted chat-completions responses and records requests."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, dict[str, Any], dict[str, str], float]] = []
+        self.requests: list[dict[str, Any]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests.append({"path": self.path, "json": json.loads(body),
+                                       "auth": self.headers.get("Authorization")})
+                status, payload, headers, delay = (outer.script.pop(0) if outer.script else
+                                                   (500, _error("script exhausted", "server_error", None), {}, 0))
+                time.sleep(delay)
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None,
+            delay: float = 0.0) -> None:
+        self.script.append((status, payload, headers or {}, delay))
+
+
+@pytest.fixture
+def server(monkeypatch):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    s = _Server()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+TOOLS = [{"type": "function", "function": {
+    "name": "search", "description": "Search the corpus.",
+    "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}}]
+MSGS = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_chat_text_reply_and_request_shape(server):
+    server.add(200, _completion({"content": "Paris."}))
+    pol = OpenAIPolicy("gpt-test", base_url=server.url, api_key="sk-test")
+    assert isinstance(pol, ChatPolicy)
+    reply = pol.chat(MSGS, None, SamplingParams(max_new_tokens=50, temperature=0.2, top_p=0.9, stop=["\n\n"]))
+    assert (reply.text, reply.tool_calls, reply.finish_reason) == ("Paris.", [], "stop")
+    assert (reply.prompt_tokens, reply.completion_tokens) == (31, 9)
+    req = server.requests[0]
+    assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
+    body = req["json"]
+    assert body["model"] == "gpt-test" and body["messages"] == MSGS
+    assert (body["temperature"], body["top_p"], body["max_tokens"], body["stop"]) == (0.2, 0.9, 50, ["\n\n"])
+    assert "tools" not in body
+
+
+def test_native_tool_calls_parsed_and_malformed_kept_verbatim(server):
+    server.add(200, _completion({"content": None, "tool_calls": [
+        {"id": "call_a1", "type": "function", "function": {"name": "search", "arguments": "{\"query\": \"Paris\"}"}},
+        {"id": "call_b2", "type": "function", "function": {"name": "search", "arguments": "{\"query\": \"Lyon\""}},
+        {"id": "call_c3", "type": "function", "function": {"name": "search", "arguments": "[\"Paris\"]"}},
+    ]}, finish="tool_calls"))
+    pol = OpenAIPolicy("gpt-test", base_url=server.url)
+    reply = pol.chat(MSGS, TOOLS, SamplingParams())
+    assert reply.text == "" and reply.finish_reason == "tool_calls"
+    assert [(c.id, c.name) for c in reply.tool_calls] == [("call_a1", "search"), ("call_b2", "search"),
+                                                          ("call_c3", "search")]
+    assert reply.tool_calls[0].arguments == {"query": "Paris"}
+    assert reply.tool_calls[1].arguments == "{\"query\": \"Lyon\""   # not repaired
+    assert reply.tool_calls[2].arguments == "[\"Paris\"]"           # valid JSON, but not an object
+    assert server.requests[0]["json"]["tools"] == TOOLS
+    assert server.requests[0]["json"]["tool_choice"] == "auto"
+    assert server.requests[0]["auth"] == "Bearer not-needed"
+
+
+def test_native_tools_off_does_not_send_tools(server):
+    server.add(200, _completion({"content": "<search>Paris</search>"}))
+    pol = OpenAIPolicy("gpt-test", base_url=server.url, native_tools=False)
+    assert pol.chat(MSGS, TOOLS, SamplingParams()).text == "<search>Paris</search>"
+    assert "tools" not in server.requests[0]["json"] and "tool_choice" not in server.requests[0]["json"]
+
+
+def test_429_then_success_is_retried(server):
+    server.add(429, _error("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
+               {"retry-after-ms": "20"})
+    server.add(200, _completion({"content": "Paris."}))
+    reply = OpenAIPolicy("gpt-test", base_url=server.url, max_retries=2).chat(MSGS, None, SamplingParams())
+    assert reply.text == "Paris." and len(server.requests) == 2
+
+
+def test_persistent_5xx_becomes_policy_error(server):
+    for _ in range(2):
+        server.add(503, _error("The server is overloaded", "server_error", None), {"retry-after-ms": "20"})
+    pol = OpenAIPolicy("gpt-test", base_url=server.url, max_retries=1)
+    with pytest.raises(PolicyError, match="503.*overloaded"):
+        pol.chat(MSGS, None, SamplingParams())
+    assert len(server.requests) == 2
+
+
+def test_client_error_is_not_retried(server):
+    server.add(401, _error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
+    with pytest.raises(PolicyError, match="401.*Incorrect API key"):
+        OpenAIPolicy("gpt-test", base_url=server.url, max_retries=3).chat(MSGS, None, SamplingParams())
+    assert len(server.requests) == 1
+
+
+def test_timeout_becomes_policy_error(server):
+    server.add(200, _completion({"content": "late"}), delay=1.5)
+    pol = OpenAIPolicy("gpt-test", base_url=server.url, timeout=0.3, max_retries=0)
+    with pytest.raises(PolicyError, match="timed out"):
+        pol.chat(MSGS, None, SamplingParams())
+
+
+def test_unreachable_server_and_missing_key(server, tmp_path):
+    server.httpd.shutdown()
+    server.httpd.server_close()
+    with pytest.raises(PolicyError, match="cannot reach"):
+        OpenAIPolicy("m", base_url=server.url, max_retries=0).chat(MSGS, None, SamplingParams())
+    with pytest.raises(PolicyError, match="OPENAI_API_KEY"):
+        OpenAIPolicy("gpt-4o-mini")
+
+
+def test_loader_picks_the_server_policy(server, monkeypatch):
+    monkeypatch.setenv("SLEUTH_API_KEY", "sk-env")
+    server.add(200, _completion({"content": "ok"}))
+    pol = load_policy(base_url=server.url)
+    assert isinstance(pol, OpenAIPolicy) and pol.name == "default"
+    assert pol.chat(MSGS).text == "ok"
+    assert server.requests[0]["auth"] == "Bearer sk-env"

@@ -110,6 +110,17 @@ def ensure_embedded_checkpoint() -> Path:
     return target
 
 
+def _common_prefix(seqs: list[list[int]]) -> int:
+    """Length of the longest common prefix, leaving at least one token of each row to prefill."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for i in range(max(n, 0)):
+        t = first[i]
+        if any(s[i] != t for s in seqs):
+            return i
+    return max(n, 0)
+
+
 class HFPolicy:
     """A transformers causal LM behind the TokenPolicy protocol."""
 
@@ -120,6 +131,7 @@ class HFPolicy:
         self.name = name
         self.version = int(version)
         self.drop_finished = drop_finished   # drop finished rows from the batch (False: keep, ignore them)
+        self.min_shared_prefix = 32          # share the KV cache of a common prompt prefix at least this long
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
@@ -241,15 +253,26 @@ class HFPolicy:
         from transformers import DynamicCache
 
         dev = self.device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)      # real tokens count 0.. from their own first token
         cache = DynamicCache(config=self.model.config)
+        # Shared prefix (system prompt, worked example): prefill it once and share its KV cache across the
+        # batch; every row then only prefills its own suffix. Layout per row: [prefix | pads | suffix].
+        shared = _common_prefix(prompts) if len(prompts) > 1 else 0
+        shared = shared if shared >= self.min_shared_prefix else 0
+        if shared:
+            head = torch.tensor([prompts[0][:shared]], device=dev)
+            self.model(input_ids=head, position_ids=torch.arange(shared, device=dev)[None], past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(len(prompts))
+        suffixes = [p[shared:] for p in prompts]
+        width = max(len(p) for p in suffixes)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, p in enumerate(suffixes):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, shared + width - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # real tokens count 0.. from their own first token
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1, :]
         rows = list(range(len(prompts)))            # batch row -> original prompt index

@@ -184,3 +184,10 @@ def test_task_round_trip_and_validation():
         Task.from_dict({"id": "x", "question": "Q?"})
     with pytest.raises(ValueError, match="non-empty"):
         Task.from_dict({"id": "x", "question": " ", "answers": ["A"]})
+
+
+def test_dev_answers_stored_as_list_literals_are_unpacked():
+    # 143 HotpotQA rows of dev.jsonl keep their gold as "['October 1922']" inside the string
+    dev = {t.id: t for t in load_benchmark("dev")}
+    assert dev["hotpotqa-dev300-35"].answers == ["October 1922"]
+    assert not any(a.startswith("[") for t in dev.values() for a in t.answers)

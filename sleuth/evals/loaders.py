@@ -309,7 +309,10 @@ def _dev(root: Path, sub: str | None = None) -> list[Task]:
         short = DEV_SOURCES.get(r["dataset"], r["dataset"])
         if sub is not None and short != sub:
             continue
-        t = _task(r["id"], r["question"], list(r["answers"]), f"dev-{short}", source_dataset=r["dataset"])
+        # some HotpotQA rows store their gold as a Python list literal inside the string ("['October 1922']")
+        answers = [a for raw in r["answers"] for a in
+                   (_literal_list(raw) if str(raw).strip().startswith("[") else [raw])]
+        t = _task(r["id"], r["question"], answers, f"dev-{short}", source_dataset=r["dataset"])
         t.metadata["supporting_titles"] = list(r.get("supporting_titles") or [])   # kept even when empty
         out.append(t)
     return out

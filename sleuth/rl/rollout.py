@@ -23,7 +23,7 @@ from sleuth.rl.reinforce import Scored
 from sleuth.trajectory import Trajectory
 
 # Single-hop first, then two-hop, then compositional: a simple difficulty order for the curriculum.
-DIFFICULTY = {"nq": 0, "hotpotqa": 1, "2wikimultihopqa": 2, "musique": 3}
+DIFFICULTY = {"nq": 0, "hotpotqa": 1, "2wikimultihopqa": 2, "2wiki": 2, "musique": 3}
 
 
 def curriculum_order(tasks: list[Task], seed: int, curriculum: bool) -> list[Task]:
@@ -32,7 +32,7 @@ def curriculum_order(tasks: list[Task], seed: int, curriculum: bool) -> list[Tas
     random.Random(seed).shuffle(order)
     if curriculum:
         def level(t: Task) -> int:
-            src = t.metadata.get("source") or t.dataset.replace("dev-", "")
+            src = t.metadata.get("source_dataset") or t.dataset.replace("dev-", "")
             hops = t.metadata.get("hops")
             return int(hops) - 1 if isinstance(hops, int) else DIFFICULTY.get(src, 1)
         order.sort(key=level)

@@ -22,6 +22,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sleuth index --embedded
 	$(BIN)/sleuth search "theory of relativity" "largest desert in Africa"
+	$(BIN)/sleuth ask "In which city was the painter of the Mona Lisa born?"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--variants", default="plain,fewshot,short,short-fewshot")
     ap.add_argument("--max-steps", type=int, default=4)
     ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    ap.add_argument("--work", default=None, help="run directory; re-running with the same one resumes")
     ap.add_argument("--out", default="benchmarks/results/prompt_select.json")
     args = ap.parse_args()
 
@@ -40,7 +42,11 @@ def main() -> None:
 
     holdout = {t.id for t in load_tasks("dev", limit=100, seed=0)}
     pool = [t for t in load_tasks("dev", seed=1) if t.id not in holdout][: args.n]
-    work = Path(tempfile.mkdtemp(prefix="prompt-select-"))
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="prompt-select-"))
+    work.mkdir(parents=True, exist_ok=True)
     task_file = work / "select.jsonl"
     task_file.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in pool))
     policy = HFPolicy.load()

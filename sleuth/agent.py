@@ -34,7 +34,7 @@ class AgentConfig:
     """Tokens per reply; also the generation reserve the context manager keeps free."""
     temperature: float = 0.7
     top_p: float = 1.0
-    prompt: str = "fewshot"
+    prompt: str = "short-fewshot"
     """Prompt variant (see PROMPTS): system prompt, optionally with a worked example as earlier turns."""
     obs_chars: int = 3000
     """Cap on one observation's characters (the tools page longer content)."""

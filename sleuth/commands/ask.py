@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         engine: str = typer.Option("hybrid", "--engine", help="hybrid | lexical | dense"),
         max_steps: int = typer.Option(10, "--max-steps", help="Step budget."),
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
-        prompt: str = typer.Option("fewshot", "--prompt", help="fewshot | plain"),
+        prompt: str = typer.Option("short-fewshot", "--prompt", help="plain | fewshot | short | short-fewshot"),
         online: bool = typer.Option(False, "--online", help="Allow browsing real http(s) URLs."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url"),
         max_steps: int = typer.Option(8, "--max-steps"),
         temperature: float = typer.Option(0.7, "--temperature"),
-        prompt: str = typer.Option("fewshot", "--prompt"),
+        prompt: str = typer.Option("short-fewshot", "--prompt", help="plain | fewshot | short | short-fewshot"),
         seed: int = typer.Option(0, "--seed"),
         out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/eval-<bench>-<mode>)."),
     ) -> None:

@@ -46,7 +46,7 @@ class EvalConfig:
     max_steps: int = 8
     temperature: float = 0.7
     max_new_tokens: int = 192
-    prompt: str = "fewshot"
+    prompt: str = "short-fewshot"
     rag_k: int = 5
 
 

@@ -43,7 +43,7 @@ class RunConfig:
     """Reward judge: cover (strict: no candidate lists, no long answers) | em | f1>=T."""
     max_steps: int = 6
     max_new_tokens: int = 128
-    prompt: str = "fewshot"
+    prompt: str = "short-fewshot"
     search_k: int = 3
     """Results per query during training rollouts (shorter observations → cheaper updates)."""
     rollout_seconds: float | None = None

@@ -1,0 +1,77 @@
+"""The "before" numbers: closed-book, retrieve-then-read RAG and the untrained agent, same model, same tasks.
+
+Tasks: the first --n questions of dev shuffled with seed 0 (inside the RL holdout, never trained on).
+Each mode draws --samples samples per task at temperature 0.7 and is judged by the strict cover judge,
+with EM and F1 reported beside it. Runs resume from runs/baseline_dev/<mode>. Also reports the citation
+check over the agent's trajectories: citations the model wrote, how many resolved, how many were invented.
+
+    .venv/bin/python benchmarks/baseline_dev.py [--n 25] [--samples 4] [--index passages]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=25)
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--index", default="passages")
+    ap.add_argument("--modes", default="closed-book,rag,agent")
+    ap.add_argument("--work", default="runs/baseline_dev")
+    ap.add_argument("--out", default="benchmarks/results/baseline_dev.json")
+    args = ap.parse_args()
+
+    from sleuth.agent import Environment
+    from sleuth.evals.run import EvalConfig, run_eval
+    from sleuth.policy.hf import HFPolicy
+    from sleuth.trajectory import load_jsonl
+
+    policy = HFPolicy.load()
+    env = Environment.from_index(args.index, engine="hybrid", tools=("search", "browse"))
+    out = {"tasks": f"dev, first {args.n} after shuffling with seed 0", "samples": args.samples,
+           "temperature": 0.7, "judge": "cover (strict) + EM/F1", "index": args.index, "modes": {}}
+    for mode in args.modes.split(","):
+        t0 = time.time()
+        cfg = EvalConfig(benchmark="dev", mode=mode, limit=args.n, seed=0, samples=args.samples,
+                         ks=sorted({1, args.samples}), concurrency=16, max_steps=4, max_new_tokens=64)
+        res = run_eval(cfg, Path(args.work) / mode, policy=policy, env=env, progress=True)
+        m = res["overall"]["metrics"]
+        row = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}
+        row.update(res["overall"]["scores"])
+        agent = res["overall"]["agent"]
+        row["agent_stats"] = {k: agent[k]["mean"] for k in ("steps", "search_queries", "urls_opened",
+                                                           "generated_tokens", "wall_seconds") if k in agent}
+        row["per_dataset"] = {ds: {**{k: round(v, 4) for k, v in d["metrics"].items() if isinstance(v, float)},
+                                   **d["scores"]} for ds, d in res["datasets"].items()}
+        row["seconds_this_run"] = round(time.time() - t0, 1)
+        if mode == "agent":
+            trajs = list(load_jsonl(Path(args.work) / mode / "trajectories.jsonl"))
+            written = sum(len(t.citations) + len(t.dropped_citations) for t in trajs)
+            kept = sum(len(t.citations) for t in trajs)
+            row["citations"] = {
+                "trajectories": len(trajs), "questions": len({t.task_id for t in trajs}),
+                "written_by_model": written, "resolved_before_verification": kept,
+                "invented_or_unverifiable": written - kept,
+                "resolved_after_verification": 1.0 if kept == sum(c.verified for t in trajs for c in t.citations)
+                else 0.0,
+                "answers_with_citations": sum(bool(t.citations) for t in trajs)}
+            row["format_errors_per_step"] = round(sum(t.format_errors for t in trajs) /
+                                                  max(1, sum(t.steps for t in trajs)), 3)
+            row["answered_rate"] = round(sum(t.answer is not None for t in trajs) / max(1, len(trajs)), 3)
+        out["modes"][mode] = row
+        print(mode, json.dumps({k: v for k, v in row.items() if k != "per_dataset"}), flush=True)
+    Path(args.out).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

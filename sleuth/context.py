@@ -9,7 +9,8 @@ first into short stubs until the context is back under ``target`` of the window.
 * the latest ``keep_last`` observations stay in full;
 * an older observation becomes a stub that keeps its tool, its URLs, and up to ``keep_lines`` lines that
   the model later quoted in its own replies or that share words with the question;
-* if that is not enough, the oldest stubs shrink further to one line (tool, step, URLs);
+* if that is not enough, the oldest stubs shrink further to one line (tool, step, and only the URLs
+  the model went on to open or cite);
 * if the context still does not fit with every older observation reduced, the trajectory ends with
   reason ``context``.
 
@@ -124,8 +125,10 @@ def fit(chunks: list[Chunk], *, window: int, reserve: int, question: str,
         if total + reserve <= window and total <= goal:
             break
         if new[i].compressed == 1:
-            urls = list(dict.fromkeys(_URL.findall(new[i].body)))[:5]
-            line = f"[{new[i].tool or 'tool'} result from step {new[i].step} dropped]" + (
+            # one line: only the URLs the model went on to use (opened or cited) survive at this level
+            later = " ".join(c.text for c in new[i + 1:] if c.kind == "policy")
+            urls = [u for u in dict.fromkeys(_URL.findall(new[i].body)) if u in later][:3]
+            line = f"[step {new[i].step} {new[i].tool or 'tool'} result dropped]" + (
                 " URLs: " + " ".join(urls) if urls else "")
             text, ids = render_obs(line, new[i])
             total += len(ids) - len(new[i].ids)

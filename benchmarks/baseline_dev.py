@@ -28,8 +28,12 @@ def main() -> None:
     ap.add_argument("--index", default="passages")
     ap.add_argument("--modes", default="closed-book,rag,agent")
     ap.add_argument("--work", default="runs/baseline_dev")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads; 1 is fastest when other jobs share the 2 cores")
     ap.add_argument("--out", default="benchmarks/results/baseline_dev.json")
     args = ap.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
 
     from sleuth.agent import Environment
     from sleuth.evals.run import EvalConfig, run_eval

@@ -9,6 +9,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch threads: SLEUTH_THREADS=1 is much faster when other jobs share a small machine (measured here:
+# two threads under contention were several times slower than one).
+if os.environ.get("SLEUTH_THREADS"):
+    import torch
+
+    torch.set_num_threads(int(os.environ["SLEUTH_THREADS"]))
 
 import typer  # noqa: E402
 

@@ -1,0 +1,249 @@
+"""Persistent indexes: build from jsonl and folders, search with every engine, incremental rebuilds,
+interrupted builds, clear errors, and the `sleuth index` / `sleuth search` commands."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sleuth import paths
+from sleuth.corpus import parse_corpus_url
+from sleuth.index import IndexNotFound, build_index, default_index_name, list_indexes, open_index
+from sleuth.search import dense as dense_mod
+from sleuth.search.lexical import make_snippet
+
+PASSAGES = [
+    {"id": "curie", "title": "Marie Curie", "text": "Marie Curie was a Polish and naturalised-French physicist "
+     "and chemist who conducted pioneering research on radioactivity. She won two Nobel Prizes."},
+    {"id": "sahara", "title": "Sahara", "text": "The Sahara is a desert spanning North Africa. With an area of "
+     "9,200,000 square kilometres, it is the largest hot desert in the world."},
+    {"id": "python", "title": "Python (programming language)", "text": "Python is a high-level, general-purpose "
+     "programming language whose design philosophy emphasizes code readability."},
+    {"id": "everest", "title": "Mount Everest", "text": "Mount Everest is Earth's highest mountain above sea "
+     "level, located in the Mahalangur Himal sub-range of the Himalayas."},
+    {"id": "amazon", "title": "Amazon River", "text": "The Amazon River in South America is the largest river "
+     "by discharge volume of water in the world."},
+    {"id": "violin", "title": "Violin", "text": "The violin is a wooden chordophone, the smallest and "
+     "highest-pitched instrument in the string family."},
+]
+
+# (query, passage id it must find first) — lexical wording for BM25, paraphrases for the embedder
+LEXICAL_QUERIES = [("radioactivity research Nobel", "curie"), ("largest hot desert", "sahara"),
+                   ("highest mountain Himalayas", "everest")]
+DENSE_QUERIES = [("woman scientist who studied radiation", "curie"), ("huge sandy dry region in Africa", "sahara"),
+                 ("tallest peak on the planet", "everest"), ("fiddle string instrument", "violin")]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    """The real MiniLM model, loaded once; every index built in this module shares it."""
+    return dense_mod.load_embedder()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, embedder):
+    monkeypatch.setenv("SLEUTH_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def jsonl(tmp_path):
+    return write_jsonl(tmp_path / "passages.jsonl", PASSAGES)
+
+
+def test_build_layout_meta_and_default_name(home, jsonl):
+    path = build_index(jsonl, progress=False)
+    assert path == paths.index_dir("passages")  # default name: the file stem
+    for f in ("docs.sqlite", "meta.json", "lexical/body", "lexical/title", "dense/embeddings.npy",
+              "dense/faiss.index"):
+        assert (path / f).exists(), f
+    ix = open_index("passages")
+    assert ix.meta["count"] == len(ix.docs) == len(PASSAGES)
+    assert ix.meta["engines"]["dense"]["faiss"] == "IndexFlatIP"
+    assert set(ix.meta["build_seconds"]) >= {"read", "lexical", "embed", "faiss", "total"}
+    emb = np.load(path / "dense" / "embeddings.npy")
+    assert emb.dtype == np.float32 and emb.shape == (len(PASSAGES), 384)
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-4)
+    assert [m["name"] for m in list_indexes()] == ["passages"]
+    assert default_index_name() == "passages"
+
+
+@pytest.mark.parametrize("kind,queries", [("lexical", LEXICAL_QUERIES), ("dense", DENSE_QUERIES),
+                                          ("hybrid", LEXICAL_QUERIES + DENSE_QUERIES)])
+def test_each_engine_finds_the_right_passage(home, jsonl, kind, queries):
+    build_index(jsonl, name="t", progress=False)
+    ix = open_index("t")
+    eng = ix.engine(kind)
+    assert ix.engine(kind) is eng  # cached
+    responses = eng.search_batch([q for q, _ in queries], k=3)
+    for (q, want), resp in zip(queries, responses):
+        assert resp.error is None
+        top = resp.results[0]
+        assert top.passage_id == want, (kind, q, [r.passage_id for r in resp.results])
+        assert top.engine == kind
+        index_name, pid = parse_corpus_url(top.url)  # the URL leads back to the stored passage
+        assert (index_name, pid) == ("t", want)
+        assert ix.docs.get(pid).title == top.title
+    single = eng.search(queries[0][0], k=2)
+    assert single[0].passage_id == queries[0][1] and len(single) <= 2
+
+
+def test_flat_knn_matches_faiss(home, jsonl):
+    build_index(jsonl, name="knn", progress=False)
+    eng = open_index("knn").engine("dense")
+    q = eng.encode([q for q, _ in DENSE_QUERIES])
+    for k in (1, 3, len(PASSAGES)):
+        want_s, want_r = eng.index.search(q, k)
+        got_s, got_r = eng.knn(q, k)
+        assert np.array_equal(got_r, want_r) and np.allclose(got_s, want_s, atol=1e-5)
+
+
+def test_query_encoding_matches_sentence_transformers(embedder):
+    texts = ["tallest peak on the planet", "a much longer question about who wrote which novel and when", "x"]
+    want = embedder.encode(texts, normalize_embeddings=True)
+    assert np.abs(dense_mod.encode_queries(embedder, texts) - want).max() < 1e-5
+
+
+def test_folder_source_txt_md_html(home, tmp_path):
+    folder = tmp_path / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "tides.txt").write_text("Tides are the rise and fall of sea levels caused by the Moon's gravity.")
+    (folder / "sub" / "bees.md").write_text("# Honey bees\n\nHoney bees communicate with a waggle dance.")
+    (folder / "page.html").write_text(
+        "<html><head><title>Basalt rock</title></head><body><p>Basalt is a fine-grained volcanic rock formed "
+        "from the rapid cooling of lava rich in magnesium and iron.</p></body></html>")
+    path = build_index(folder, progress=False)
+    assert path.name == "notes"
+    ix = open_index("notes")
+    assert len(ix.docs) == 3
+    eng = ix.engine("hybrid")
+    titles = [r.results[0].title for r in eng.search_batch(["waggle dance", "volcanic lava rock", "moon tides"], 1)]
+    assert titles == ["Honey bees", "Basalt rock", "tides"]
+
+
+def test_incremental_rebuild_reuses_embeddings(home, tmp_path):
+    src = write_jsonl(tmp_path / "c.jsonl", PASSAGES)
+    build_index(src, progress=False)
+    old = np.load(paths.index_dir("c") / "dense" / "embeddings.npy")
+    changed = [dict(p) for p in PASSAGES]
+    changed[1]["text"] = "The Gobi is a large cold desert and grassland region in East Asia."
+    changed.append({"id": "tea", "title": "Tea", "text": "Tea is an aromatic beverage made from Camellia leaves."})
+    write_jsonl(src, changed)
+    build_index(src, progress=False)
+    ix = open_index("c")
+    d = ix.meta["engines"]["dense"]
+    assert (d["embedded"], d["reused"]) == (2, len(PASSAGES) - 1)
+    new = np.load(paths.index_dir("c") / "dense" / "embeddings.npy")
+    same = [i for i in range(len(PASSAGES)) if i != 1]
+    assert np.array_equal(new[same], old[same])
+    assert not np.allclose(new[1], old[1])
+    hits = ix.engine("dense").search_batch(["cold desert in Asia", "aromatic drink from leaves"], 1)
+    assert [h.results[0].passage_id for h in hits] == ["sahara", "tea"]
+
+
+def test_interrupted_build_leaves_previous_index_usable(home, jsonl, monkeypatch):
+    build_index(jsonl, name="keep", progress=False)
+    root = paths.index_dir("keep").parent
+    before = sorted(p.name for p in root.iterdir())
+
+    def crash(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(dense_mod, "build_faiss", crash)  # fails after docs, lexical and embeddings are written
+    bigger = write_jsonl(jsonl.parent / "bigger.jsonl", PASSAGES + [{"id": "x", "title": "X", "text": "extra"}])
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_index(bigger, name="keep", progress=False)
+    assert sorted(p.name for p in root.iterdir()) == before  # the half-built version was removed
+    ix = open_index("keep")
+    assert len(ix.docs) == len(PASSAGES)
+    assert ix.engine("hybrid").search("largest hot desert", 1)[0].passage_id == "sahara"
+
+
+def test_missing_and_incomplete_index_errors(home):
+    with pytest.raises(IndexNotFound, match="sleuth index"):
+        open_index("nope")
+    with pytest.raises(IndexNotFound, match="run `sleuth index`"):
+        default_index_name()
+    broken = paths.index_dir("broken")
+    broken.mkdir(parents=True)
+    (broken / "docs.sqlite").write_bytes(b"")
+    with pytest.raises(IndexNotFound, match="incomplete"):
+        open_index("broken")
+    with pytest.raises(ValueError, match="bad index name"):
+        open_index("../etc")
+
+
+def test_bad_sources(home, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        build_index(tmp_path / "missing.jsonl", progress=False)
+    dup = write_jsonl(tmp_path / "dup.jsonl", PASSAGES[:2] + PASSAGES[:1])
+    with pytest.raises(ValueError, match="duplicate passage id 'curie'"):
+        build_index(dup, progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no passages"):
+        build_index(empty, progress=False)
+    assert list_indexes() == []
+
+
+def test_lexical_only_index(home, jsonl):
+    build_index(jsonl, name="lex", dense=False, progress=False)
+    ix = open_index("lex")
+    assert not (paths.index_dir("lex") / "dense").exists()
+    assert ix.engine().name == "lexical"
+    with pytest.raises(ValueError, match="without embeddings"):
+        ix.engine("hybrid")
+    with pytest.raises(ValueError, match="unknown engine"):
+        ix.engine("bm42")
+    # words the index never saw and stopword-only queries give no results, not errors
+    resp = ix.engine("lexical").search_batch(["zzyzx qwerty", "the of and", "   "], 3)
+    assert [(r.results, r.error) for r in resp] == [([], None)] * 3
+
+
+def test_snippet_prefers_the_matching_sentence():
+    text = ("Alpha beta gamma delta epsilon. " * 12) + "The treaty was signed in Utrecht in 1713. " + \
+           ("Zeta eta theta iota kappa. " * 12)
+    snip = make_snippet(text, "Where were the treaties of Utrecht signed?")
+    assert snip.startswith("… The treaty was signed in Utrecht in 1713.")  # from the matching sentence on
+    assert len(snip) <= 305
+    assert make_snippet(text, "no such words").startswith("Alpha beta")  # no match: the passage's start
+    assert make_snippet("Short  passage.\n", "x") == "Short passage."
+
+
+def test_cli_index_and_search(home, jsonl, tmp_path, monkeypatch):
+    from sleuth.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["index", str(jsonl), "--name", "cli", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "6 passages" in res.output and "on disk" in res.output
+
+    res = runner.invoke(app, ["search", "largest hot desert", "highest mountain", "--index", "cli", "-k", "2",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert [r["query"] for r in out] == ["largest hot desert", "highest mountain"]
+    assert [r["results"][0]["passage_id"] for r in out] == ["sahara", "everest"]
+    assert all(len(r["results"]) == 2 and r["results"][0]["url"].startswith("corpus://cli/") for r in out)
+
+    res = runner.invoke(app, ["search", "radioactivity", "--engine", "lexical"])  # default index: the only one
+    assert res.exit_code == 0, res.output
+    assert "Marie Curie" in res.output and "corpus://cli/curie" in res.output
+
+    res = runner.invoke(app, ["search", "x", "--engine", "nope", "--index", "cli"])
+    assert res.exit_code == 1 and "unknown engine" in res.output
+
+    res = runner.invoke(app, ["index", str(tmp_path / "nothing.jsonl")])
+    assert res.exit_code == 1 and "not found" in res.output
+
+    monkeypatch.setenv("SLEUTH_HOME", str(tmp_path / "empty_home"))
+    res = runner.invoke(app, ["search", "anything"])
+    assert res.exit_code == 1 and "sleuth index" in res.output

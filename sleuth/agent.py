@@ -65,7 +65,7 @@ class Environment:
         self.tool_names = tools
 
     @classmethod
-    def from_index(cls, name: str | None = None, engine: str = "hybrid", online: bool = False, **kw) -> "Environment":
+    def from_index(cls, name: str | None = None, engine: str = "auto", online: bool = False, **kw) -> "Environment":
         from sleuth.index import default_index_name, open_index
 
         index = open_index(name or default_index_name())

@@ -9,6 +9,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads sleep instead of spinning between ops: on a busy small CPU an 8-query MiniLM encode
+# took ~920 ms with spinning and ~90 ms without (benchmarks/retrieval.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # torch threads: SLEUTH_THREADS=1 is much faster when other jobs share a small machine (measured here:
 # two threads under contention were several times slower than one).
 if os.environ.get("SLEUTH_THREADS"):

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         base_url: Optional[str] = typer.Option(None, "--base-url",
                                                help="OpenAI-compatible server (Kimi API, vLLM, SGLang, Ollama...)."),
         index: Optional[str] = typer.Option(None, "--index", help="Index to search (default: wiki)."),
-        engine: str = typer.Option("hybrid", "--engine", help="hybrid | lexical | dense"),
+        engine: str = typer.Option("auto", "--engine", help="auto (hybrid if the index has embeddings) | hybrid | lexical | dense"),
         max_steps: int = typer.Option(10, "--max-steps", help="Step budget."),
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
         prompt: str = typer.Option("short-fewshot", "--prompt", help="plain | fewshot | short | short-fewshot"),

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         dataset: Optional[List[str]] = typer.Option(None, "--dataset", help="Only these datasets (repeatable)."),
         concurrency: int = typer.Option(16, "--concurrency", "-c", help="Trajectories per batch."),
         index: Optional[str] = typer.Option(None, "--index"),
-        engine: str = typer.Option("hybrid", "--engine"),
+        engine: str = typer.Option("auto", "--engine", help="auto (hybrid if the index has embeddings) | hybrid | lexical | dense"),
         judge: str = typer.Option("cover", "--judge", help="cover | em | f1>=T | llm"),
         judge_model: Optional[str] = typer.Option(None, "--judge-model"),
         judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url"),

@@ -39,7 +39,7 @@ class EvalConfig:
     model: str | None = None
     base_url: str | None = None
     index: str | None = None
-    engine: str = "hybrid"
+    engine: str = "auto"
     judge: str = "cover"
     judge_model: str | None = None
     judge_base_url: str | None = None

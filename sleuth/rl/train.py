@@ -38,7 +38,7 @@ class RunConfig:
     model: str | None = None
     """Starting policy (None = embedded SmolLM2-135M-Instruct)."""
     index: str | None = None
-    engine: str = "hybrid"
+    engine: str = "auto"
     judge: str = "cover"
     """Reward judge: cover (strict: no candidate lists, no long answers) | em | f1>=T."""
     max_steps: int = 6

@@ -5,6 +5,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # must be set before torch is imported
 # Tests point SLEUTH_HOME at temporary directories; the converted embedded model is shared, not redone.
 os.environ.setdefault("SLEUTH_MODELS", os.path.join(os.environ.get("SLEUTH_HOME", os.path.expanduser(
     "~/.cache/sleuth")), "models"))

@@ -24,7 +24,7 @@ class SamplingParams:
 @dataclass
 class Generation:
     token_ids: list[int]         # exactly the sampled ids (including the final eos / stop-completing token)
-    logprobs: list[float]        # log p(token) under the sampling distribution's model (temperature 1 logits)
+    logprobs: list[float]        # log_softmax(logits / T)[token]: the distribution it was sampled from (raw when greedy)
     text: str                    # tokenizer.decode(token_ids) — for display and parsing only
     finish_reason: str           # "eos" | "stop" | "length"
 

@@ -236,6 +236,7 @@ class SearxngEngine(HttpSearchEngine):
         return super()._client_error(code, detail)
 
     def _parse(self, body: Any, k: int) -> list[SearchResult]:
+        # results[] of {title, url, content, score}: SearXNG's shape, and Tavily's too
         out = []
         for r in self._results_list(body, "results"):
             if isinstance(r, dict) and isinstance(r.get("url"), str) and r["url"]:
@@ -275,16 +276,7 @@ class TavilyEngine(HttpSearchEngine):
                              headers={"Authorization": f"Bearer {self.api_key}"})
         return self._safe_parse(body, k)
 
-    def _parse(self, body: Any, k: int) -> list[SearchResult]:
-        out = []
-        for r in self._results_list(body, "results"):
-            if isinstance(r, dict) and isinstance(r.get("url"), str) and r["url"]:
-                score = r.get("score")
-                out.append(SearchResult(title=strip_html(r.get("title")) or r["url"], url=r["url"],
-                                        snippet=strip_html(r.get("content")),
-                                        score=float(score) if isinstance(score, (int, float)) else 0.0,
-                                        engine=self.name))
-        return out[:k]
+    _parse = SearxngEngine._parse   # same results[] of {title, url, content, score}
 
 
 class BraveEngine(HttpSearchEngine):

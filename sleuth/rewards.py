@@ -1,8 +1,8 @@
 """Outcome rewards for agent trajectories: correctness, format penalty, budget penalty, gamma-decay.
 
 The reward of a trajectory is decided once, at the end (an *outcome* reward): ``correct_reward`` when the
-answer was judged correct, ``incorrect_reward`` otherwise, minus penalties for invalid tool calls and for
-running out of budget. Gamma-decay then spreads the outcome over the agent's steps: for a CORRECT
+answer was judged correct, ``incorrect_reward`` (plus optional F1 partial credit) otherwise, minus penalties
+for invalid tool calls and for running out of budget. Gamma-decay then spreads the outcome over the agent's steps: for a CORRECT
 trajectory of T steps, step i (1-based) gets ``r·γ^(T−i)`` — the final step the full reward, earlier steps
 less, so that of two correct trajectories the shorter one earns more credit per step. A failed trajectory
 keeps the same flat reward on every step (decaying a negative or zero reward would only make early
@@ -34,6 +34,10 @@ class RewardConfig:
     """Upper bound on the total format penalty of one trajectory."""
     budget_penalty: float = 0.1
     """Subtracted when the run ended by exhausting its budget (finish_reason max_steps or context)."""
+    partial_credit: float = 0.0
+    """Weight of the answer's token F1 added to an INCORRECT trajectory's reward (0 = strict outcome only).
+    A small model rarely hits the strict judge; F1 credit ranks its wrong answers (near miss > nonsense)
+    so groups still carry signal. Kept below ``correct_reward`` so a correct answer always wins."""
     gamma: float = 0.9
     """Per-step decay of a correct trajectory's reward: step i of T gets r·γ^(T−i)."""
     gamma_decay: bool = True
@@ -42,14 +46,16 @@ class RewardConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if not 0.0 <= self.partial_credit < self.correct_reward - self.incorrect_reward:
+            raise ValueError("partial_credit must be in [0, correct_reward - incorrect_reward)")
         if self.format_penalty < 0 or self.format_penalty_cap < 0 or self.budget_penalty < 0:
             raise ValueError("penalties must be >= 0 (they are subtracted)")
 
 
-def outcome_reward(traj: Trajectory, correct: bool, cfg: RewardConfig | None = None) -> float:
-    """The scalar reward of one finished trajectory."""
+def outcome_reward(traj: Trajectory, correct: bool, cfg: RewardConfig | None = None, f1: float = 0.0) -> float:
+    """The scalar reward of one finished trajectory (``f1``: its answer's token F1, for partial credit)."""
     cfg = cfg or RewardConfig()
-    r = cfg.correct_reward if correct else cfg.incorrect_reward
+    r = cfg.correct_reward if correct else cfg.incorrect_reward + cfg.partial_credit * float(f1)
     r -= min(traj.format_errors * cfg.format_penalty, cfg.format_penalty_cap)
     if traj.finish_reason in BUDGET_REASONS:
         r -= cfg.budget_penalty

@@ -297,6 +297,15 @@ def test_dedup_against_an_eval_set():
     assert rephrased.metadata["funnel"]["dedup"]["same_answer_eval"] == "dev-1"
 
 
+def test_dedup_drops_repeated_generated_questions():
+    index = EvalIndex([("dev-3", "What is the capital of France?", ["Paris"])], threshold=0.6)
+    a = _task("How old was Marion Kell at the time of death?", ["67"], "m1", "1901")
+    b = _task("How old was  marion kell at the time of death?", ["67"], "m1", "1901")   # same question again
+    kept, st = check_dedup([a, b], index)
+    assert kept == [a]
+    assert st.rejected["repeats an earlier generated question"] == 1
+
+
 def test_prefix_filtered_jaccard_equals_brute_force():
     rng = random.Random(0)
     vocab = [f"w{i}" for i in range(40)]

@@ -81,6 +81,11 @@ def _scores(records: list[dict[str, Any]]) -> dict[str, float]:
     return {m: round(sum(r["verdict"][m] for r in records) / n, 4) for m in ("em", "f1", "cover")}
 
 
+def _extends(old_limit: int | None, new_limit: int | None) -> bool:
+    """True if the first ``new_limit`` tasks include the first ``old_limit`` (same order, more tasks)."""
+    return old_limit is not None and (new_limit is None or new_limit >= old_limit)
+
+
 def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progress: bool = True,
              policy_name: str | None = None) -> dict[str, Any]:
     """Evaluate; returns the results dict (also written to ``<out>/results.json``)."""
@@ -95,6 +100,8 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
         old = json.loads(cfg_file.read_text())
         fixed = ("benchmark", "mode", "limit", "datasets", "seed", "samples", "model", "judge", "prompt")
         diff = [k for k in fixed if old.get(k) != asdict(cfg).get(k)]
+        if diff == ["limit"] and _extends(old.get("limit"), cfg.limit):
+            diff = []   # a larger limit over the same (seeded) order keeps every task already run: extend
         if diff:
             raise ValueError(f"{out} holds a different run (differs in {', '.join(diff)}); "
                              "use another --out or the same settings to resume")

@@ -50,7 +50,8 @@ class Task:
                    dataset=str(d.get("dataset", "")), metadata=dict(d.get("metadata") or {}))
 
 
-def _matches(task: Task, wanted: set[str]) -> bool:
+def in_datasets(task: Task, wanted: set[str]) -> bool:
+    """Whether the task's dataset ("dev-nq") or its source dataset ("nq") is one of ``wanted``."""
     return task.dataset in wanted or task.metadata.get("source_dataset") in wanted
 
 
@@ -84,7 +85,7 @@ def load_tasks(path_or_name: str | Path, limit: int | None = None,
 
     if datasets is not None:
         wanted = {datasets} if isinstance(datasets, str) else set(datasets)
-        kept = [t for t in tasks if _matches(t, wanted)]
+        kept = [t for t in tasks if in_datasets(t, wanted)]
         if not kept:
             have = {t.dataset for t in tasks} | {t.metadata.get("source_dataset", "") for t in tasks}
             have = sorted(have - {""})

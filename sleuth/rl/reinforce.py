@@ -4,7 +4,8 @@ What goes in: groups of finished trajectories (one group = several attempts at t
 correctness. What comes out: one AdamW step on the policy and a new weight version. Rollouts live elsewhere;
 this file never samples.
 
-1) Reward. ``rewards.outcome_reward`` (correct/incorrect, format and budget penalties), spread over the agent's
+1) Reward. ``rewards.outcome_reward`` (correct/incorrect, optional F1 partial credit, format and budget
+   penalties), spread over the agent's
    steps by gamma-decay for correct trajectories (``rewards.token_rewards``).
 2) Advantage. Per-token reward minus the group's mean outcome reward (optionally divided by the group std,
    ``normalize_std``). A group whose rewards are all equal carries no signal: it is counted and skipped.
@@ -38,10 +39,11 @@ from .config import TrainConfig
 
 @dataclass
 class Scored:
-    """A finished trajectory and its judgement; ``reward`` None means ``outcome_reward(traj, correct)``."""
+    """A finished trajectory and its judgement; ``reward`` None means ``outcome_reward(traj, correct, f1=f1)``."""
     traj: Trajectory
     correct: bool
     reward: float | None = None
+    f1: float = 0.0            # token F1 of the answer vs gold (partial credit, if the reward config gives any)
 
 
 Group = list[Scored]   # attempts at the same task; their mean reward is the baseline
@@ -78,7 +80,7 @@ def select(groups: list[Group], cfg: TrainConfig, version: int) -> tuple[list[Se
     kept: list[Selected] = []
     skipped, all_rewards = 0, []
     for group in groups:
-        rewards = [outcome_reward(s.traj, s.correct, cfg.reward) if s.reward is None else float(s.reward)
+        rewards = [outcome_reward(s.traj, s.correct, cfg.reward, f1=s.f1) if s.reward is None else float(s.reward)
                    for s in group]
         all_rewards += rewards
         adv = group_advantage(rewards, cfg.normalize_std)
@@ -210,9 +212,13 @@ def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.n
     return body, head
 
 
-def token_logprobs(model: torch.nn.Module, batch: Batch, entropy: bool = False
+def token_logprobs(model: torch.nn.Module, batch: Batch, entropy: bool = False, temperature: float = 1.0
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(target) at the trained positions (flattened, [N]), and their entropy (detached) if asked.
+
+    π is the policy the rollouts sampled from: softmax(logits / temperature). Training that same tempered
+    distribution keeps the objective on-policy at any sampling temperature (and the recorded sampling
+    log-probs comparable: ``logprob_mismatch`` stays ~0).
 
     Only trained positions go through the LM head: on agent traces most tokens are prompt and tool output,
     and the vocabulary projection is a large part of a small model's cost.
@@ -226,6 +232,8 @@ def token_logprobs(model: torch.nn.Module, batch: Batch, entropy: bool = False
     else:
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         logits = out.logits[sel].float()
+    if temperature not in (0, 1):
+        logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, batch.targets[sel].unsqueeze(-1)).squeeze(-1) - lse
     ent = None
@@ -327,7 +335,8 @@ class ReinforceTrainer:
             batch = collate(rows[i:i + cfg.micro_batch_size], self.device)
             seq_tokens += batch.n_tokens
             with self._autocast():
-                logp, ent = token_logprobs(self.model, batch, entropy=cfg.log_entropy)
+                logp, ent = token_logprobs(self.model, batch, entropy=cfg.log_entropy,
+                                           temperature=cfg.temperature)
                 loss, st = reinforce_loss(logp, batch, n_total, cfg)
             loss.backward()
             st["loss"] = loss.detach()

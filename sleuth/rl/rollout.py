@@ -62,7 +62,7 @@ class AgentRollout:
         gold = traj.meta["gold"]
         v = self.judge.judge(traj.question, traj.answer, gold)
         traj.meta["verdict"] = {"em": v.em, "f1": v.f1, "cover": v.cover, "correct": v.correct}
-        return Scored(traj, bool(v.correct))
+        return Scored(traj, bool(v.correct), f1=float(v.f1))
 
     def collect(self, buffer: ReplayBuffer, cursor: int, n_tasks: int, group_size: int,
                 budget: Budget | None = None) -> tuple[list[list[Scored]], int, RolloutStats]:

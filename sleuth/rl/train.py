@@ -24,15 +24,17 @@ from sleuth.rl.config import TrainConfig, _build, load_config
 
 @dataclass
 class RunConfig:
-    tasks: str = "dev"
-    """Training tasks: a benchmark name or a JSONL/CSV task file (e.g. from `sleuth synth`)."""
+    tasks: str | list[str] = "dev"
+    """Training tasks: a benchmark name or a JSONL/CSV task file (e.g. from `sleuth synth`), or a list of them
+    (mixed together)."""
     holdout: int = 100
     """The first `holdout` tasks of the seed-shuffled `holdout_benchmark` are never trained on: they are
     exactly what `sleuth eval -b <holdout_benchmark> -n <holdout> --seed <holdout_seed>` evaluates."""
     holdout_benchmark: str = "dev"
     holdout_seed: int = 0
     datasets: list[str] | None = None
-    """Only train on these datasets (None = all)."""
+    """Only train on these datasets (None = all): a task's `dataset` ("dev-nq", "synth-comparison") or
+    source dataset ("nq"). With several task sources, each keeps what matches; at least one must match."""
     curriculum: bool = True
     """Order training tasks from easy (single-hop) to hard."""
     model: str | None = None
@@ -74,15 +76,19 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
 def split_tasks(cfg: RunConfig):
     """Training tasks minus the evaluation holdout (and any near-identical question)."""
     from sleuth.evals.judges import normalize_answer
-    from sleuth.evals.tasks import load_tasks
+    from sleuth.evals.tasks import in_datasets, load_tasks
 
     held = load_tasks(cfg.holdout_benchmark, limit=cfg.holdout, seed=cfg.holdout_seed) if cfg.holdout else []
     held_ids = {t.id for t in held}
     held_q = {normalize_answer(t.question) for t in held}
-    tasks = [t for t in load_tasks(cfg.tasks, datasets=cfg.datasets)
-             if t.id not in held_ids and normalize_answer(t.question) not in held_q]
+    sources = [cfg.tasks] if isinstance(cfg.tasks, str) else list(cfg.tasks)
+    loaded = [t for src in sources for t in load_tasks(src)]
+    if cfg.datasets is not None:
+        loaded = [t for t in loaded if in_datasets(t, set(cfg.datasets))]
+    tasks = [t for t in loaded if t.id not in held_ids and normalize_answer(t.question) not in held_q]
     if not tasks:
-        raise ValueError(f"no training tasks left in {cfg.tasks!r} after removing the holdout")
+        raise ValueError(f"no training tasks left in {cfg.tasks!r} (datasets {cfg.datasets}) after removing "
+                         "the holdout")
     return tasks, held
 
 

@@ -290,8 +290,15 @@ class EvalIndex:
 
 
 def check_dedup(tasks: list[Task], index: EvalIndex) -> tuple[list[Task], Stage]:
-    """(f) reject tasks whose question is (nearly) an evaluation question."""
+    """(f) reject tasks whose question is (nearly) an evaluation question, or repeats an earlier generated one
+    (two walks can reach the same chain; training on a task twice as often is a silent weighting)."""
+    seen: set[str] = set()
+
     def verdict(t: Task) -> str | None:
+        key = " ".join(t.question.lower().split())
+        if key in seen:
+            return "repeats an earlier generated question"
+        seen.add(key)
         j, eid = index.nearest(t.question)
         if eid:
             t.metadata.setdefault("funnel", {})["dedup"] = {"nearest_eval": eid, "jaccard": round(j, 3)}

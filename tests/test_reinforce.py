@@ -127,6 +127,33 @@ def test_outcome_reward_penalties():
         RewardConfig(gamma=0.0)
 
 
+def test_partial_credit_ranks_wrong_answers_below_any_correct_one():
+    cfg = RewardConfig(partial_credit=0.3)
+    t = make_traj([[10]])
+    assert outcome_reward(t, False, cfg, f1=0.5) == pytest.approx(0.15)
+    assert outcome_reward(t, False, cfg, f1=1.0) < outcome_reward(t, True, cfg, f1=0.0)
+    assert outcome_reward(t, True, cfg, f1=0.2) == 1.0            # F1 never adds to a correct answer
+    assert outcome_reward(t, False, RewardConfig(), f1=0.9) == 0.0  # off by default: strict outcome only
+    with pytest.raises(ValueError):
+        RewardConfig(partial_credit=1.0)
+
+
+def test_token_logprobs_use_the_sampling_temperature():
+    """The trainer scores the tempered distribution the rollouts sampled from: log softmax(z / T)."""
+    model = tiny_llama(seed=5)
+    cfg = cfg_for()
+    sel, _ = select(fixed_groups(), cfg, version=0)
+    rows, _ = build_rows(sel, cfg, version=0)
+    batch = collate(rows)
+    with torch.no_grad():
+        lp07, _ = token_logprobs(model, batch, temperature=0.7)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[batch.loss_mask]
+        ref = torch.log_softmax(logits.float() / 0.7, -1).gather(-1, batch.targets[batch.loss_mask][:, None])[:, 0]
+        lp1, _ = token_logprobs(model, batch)
+    assert torch.allclose(lp07, ref, atol=1e-5)
+    assert not torch.allclose(lp07, lp1, atol=1e-3)
+
+
 # ---------------------------------------------------------------------------------------- selection
 def test_zero_variance_groups_are_skipped():
     sel, st = select(fixed_groups(), cfg_for(), version=0)

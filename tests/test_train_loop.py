@@ -79,3 +79,23 @@ def test_train_checkpoints_resumes_and_exports(setup):
     exported = export_policy(out, root / "exported")
     pol = HFPolicy.load(str(exported))
     assert pol.version == load_latest(out).version
+
+
+def test_split_tasks_mixes_sources_filters_datasets_and_removes_the_holdout(tmp_path):
+    from sleuth.evals.tasks import load_tasks
+    from sleuth.rl.train import load_run_config, split_tasks
+
+    synth = tmp_path / "synth.jsonl"
+    synth.write_text("".join(json.dumps({"id": f"s{i}", "question": f"Who was born first, A{i} or B{i}?",
+                                         "answers": [f"A{i}"], "dataset": ds}) + "\n"
+                             for i, ds in enumerate(["synth-comparison", "synth-bridge-4hop", "synth-comparison"])))
+    held = load_tasks("dev", limit=100, seed=0)
+    cfg = load_run_config(None, tasks=["dev", str(synth)], datasets=["dev-nq", "synth-comparison"])
+    tasks, holdout = split_tasks(cfg)
+    assert [t.id for t in holdout] == [t.id for t in held]
+    ids = {t.id for t in tasks}
+    assert {"s0", "s2"} <= ids and "s1" not in ids                       # dataset filter per task
+    assert not ids & {t.id for t in held}                                 # never train on the holdout
+    assert {t.dataset for t in tasks} == {"dev-nq", "synth-comparison"}
+    with pytest.raises(ValueError, match="no training tasks"):
+        split_tasks(load_run_config(None, tasks=[str(synth)], datasets=["dev-musique"]))

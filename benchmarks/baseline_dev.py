@@ -6,6 +6,9 @@ with EM and F1 reported beside it. Runs resume from runs/baseline_dev/<mode>. Al
 check over the agent's trajectories: citations the model wrote, how many resolved, how many were invented.
 
     .venv/bin/python benchmarks/baseline_dev.py [--n 25] [--samples 4] [--index passages]
+    # the same harness on a trained policy ("after"):
+    .venv/bin/python benchmarks/baseline_dev.py --model runs/rl/export --modes agent,rag,closed-book \
+        --work runs/rl_eval --out benchmarks/results/rl_eval.json
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ def main() -> None:
     ap.add_argument("--work", default="runs/baseline_dev")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 is fastest when other jobs share the 2 cores")
+    ap.add_argument("--model", default=None,
+                    help="policy to evaluate (a model directory, e.g. one `sleuth train --export` wrote); "
+                         "default: the untrained embedded model")
     ap.add_argument("--out", default="benchmarks/results/baseline_dev.json")
     args = ap.parse_args()
     import torch
@@ -40,14 +46,16 @@ def main() -> None:
     from sleuth.policy.hf import HFPolicy
     from sleuth.trajectory import load_jsonl
 
-    policy = HFPolicy.load()
+    policy = HFPolicy.load(args.model)
     env = Environment.from_index(args.index, engine="hybrid", tools=("search", "browse"))
     out = {"tasks": f"dev, first {args.n} after shuffling with seed 0", "samples": args.samples,
-           "temperature": 0.7, "judge": "cover (strict) + EM/F1", "index": args.index, "modes": {}}
+           "temperature": 0.7, "judge": "cover (strict) + EM/F1", "index": args.index,
+           "model": args.model or "embedded SmolLM2-135M-Instruct (untrained)", "modes": {}}
     for mode in args.modes.split(","):
         t0 = time.time()
         cfg = EvalConfig(benchmark="dev", mode=mode, limit=args.n, seed=0, samples=args.samples,
-                         ks=sorted({1, args.samples}), concurrency=16, max_steps=4, max_new_tokens=64)
+                         ks=sorted({1, args.samples}), concurrency=16, max_steps=4, max_new_tokens=64,
+                         model=args.model)
         res = run_eval(cfg, Path(args.work) / mode, policy=policy, env=env, progress=True)
         m = res["overall"]["metrics"]
         row = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}

@@ -148,7 +148,8 @@ def solve_rates(tasks, n: int = 0, model: str | None = None, base_url: str | Non
 
     env = Environment(idx.engine("lexical"), {idx.name: idx.docs})
     t0 = time.perf_counter()
-    tool = agent_tool_solver(policy, env, AgentConfig(temperature=0.0))(qs, 1)
+    # the evaluation harness's agent budget (4 steps, 64 new tokens per step), greedy
+    tool = agent_tool_solver(policy, env, AgentConfig(temperature=0.0, max_steps=4, max_new_tokens=64))(qs, 1)
     out["with_tools_solved"] = sum(answer_match(a[0], t.answers, t.question) for a, t in zip(tool, sample)) / \
         len(sample)
     out["with_tools_seconds"] = round(time.perf_counter() - t0, 1)

@@ -398,6 +398,8 @@ class Agent:
             kept, dropped = citations.verify(action.args.get("citations", []), run.seen)
             traj.answer = action.args["answer"]
             traj.citations, traj.dropped_citations = kept, dropped
+            # where (if anywhere) the answer occurs in what the agent was shown: the grounding a reward can ask for
+            traj.meta["evidence_url"] = citations.answer_in_evidence(traj.answer, run.seen)
             self.on_event(traj, "action", {"step": step, "tool": "finish", "args": action.args})
             self._end(run, "finish")
             return None

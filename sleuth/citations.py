@@ -17,6 +17,25 @@ def _norm(s: str) -> str:
     return _SPACE.sub(" ", s).strip().lower().strip(" .\"'")
 
 
+_WORD = re.compile(r"[^\w\s]")
+
+
+def _words(s: str) -> str:
+    return " " + " ".join(_WORD.sub(" ", s.lower()).split()) + " "
+
+
+def answer_in_evidence(answer: str | None, seen: dict[str, str]) -> str | None:
+    """The URL of a text the agent was shown that contains the answer (word-aligned, case and punctuation
+    insensitive), or None. An answer nobody showed the agent is a guess, whatever its luck."""
+    if not answer or not _words(answer).strip():
+        return None
+    a = _words(answer)
+    for url, text in seen.items():
+        if a in _words(text):
+            return url
+    return None
+
+
 def verify(cites: list[dict], seen: dict[str, str]) -> tuple[list[Citation], list[Citation]]:
     """Split the model's citations into (kept, dropped); kept ones are renumbered 1..n."""
     kept: list[Citation] = []

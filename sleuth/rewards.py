@@ -38,6 +38,10 @@ class RewardConfig:
     """Weight of the answer's token F1 added to an INCORRECT trajectory's reward (0 = strict outcome only).
     A small model rarely hits the strict judge; F1 credit ranks its wrong answers (near miss > nonsense)
     so groups still carry signal. Kept below ``correct_reward`` so a correct answer always wins."""
+    require_evidence: bool = False
+    """Count an answer as correct (and give it partial credit) only if it occurs in a search result or page
+    the agent was shown during the trajectory (``traj.meta['evidence_url']``). Without it a small policy
+    learns to guess from the question (e.g. name one side of a comparison) and stops searching."""
     gamma: float = 0.9
     """Per-step decay of a correct trajectory's reward: step i of T gets r·γ^(T−i)."""
     gamma_decay: bool = True
@@ -60,6 +64,11 @@ def outcome_reward(traj: Trajectory, correct: bool, cfg: RewardConfig | None = N
     if traj.finish_reason in BUDGET_REASONS:
         r -= cfg.budget_penalty
     return float(r)
+
+
+def grounded(traj: Trajectory) -> bool:
+    """Whether the final answer occurs in something the agent was shown (recorded by the agent at finish)."""
+    return bool(traj.meta.get("evidence_url"))
 
 
 def step_rewards(T: int, r: float, gamma: float) -> list[float]:

@@ -81,3 +81,14 @@ def test_stub_keeps_lines_the_model_quoted():
     c = Chunk("obs", body, [1], step=2, body=body, tool="browse")
     stub = make_stub(c, "unrelated question", "I read that the treaty was signed in 1648 at Westphalia", ContextConfig())
     assert "signed in 1648" in stub and "cats" not in stub
+
+
+def test_answer_in_evidence_is_word_aligned_and_names_the_source():
+    from sleuth.citations import answer_in_evidence
+
+    seen = {"corpus://p/1": "Paris is the capital of France.", "corpus://p/2": "The Seine flows through Paris."}
+    assert answer_in_evidence("the Seine", seen) == "corpus://p/2"
+    assert answer_in_evidence("FRANCE!", seen) == "corpus://p/1"
+    assert answer_in_evidence("Par", seen) is None            # not a word of what was shown
+    assert answer_in_evidence("Berlin", seen) is None
+    assert answer_in_evidence("", seen) is None and answer_in_evidence("...", seen) is None

@@ -334,3 +334,20 @@ def test_replay_buffer_roundtrip_and_eviction():
     first = buf.pop_resumable()
     assert [e.traj.id for e in first] == [a.id, c.id] and first[0].state == {"step": 1}
     assert [t.id for t in buf.pop_group("g1")] == [b.id] and len(buf) == 0
+
+
+def test_rollout_scoring_requires_evidence_when_asked():
+    from sleuth.evals.judges import make_judge
+    from sleuth.rl.rollout import AgentRollout
+
+    def scored(evidence_url, require):
+        t = make_traj([[10]])
+        t.answer, t.meta["gold"], t.meta["evidence_url"] = "Seine", ["Seine"], evidence_url
+        r = AgentRollout.__new__(AgentRollout)
+        r.judge, r.require_evidence = make_judge("cover"), require
+        return r.score(t)
+
+    assert scored(None, False).correct                           # strict judge alone: a lucky guess counts
+    s = scored(None, True)
+    assert not s.correct and s.f1 == 0.0 and s.traj.meta["verdict"]["correct"]   # ...not when grounding is required
+    assert scored("corpus://p/2", True).correct

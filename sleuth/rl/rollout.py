@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sleuth.agent import Agent, AgentConfig, Budget, Environment
 from sleuth.evals.tasks import Task
+from sleuth.rewards import grounded
 from sleuth.rl.buffer import ReplayBuffer
 from sleuth.rl.reinforce import Scored
 from sleuth.trajectory import Trajectory
@@ -50,8 +51,10 @@ class RolloutStats:
 
 
 class AgentRollout:
-    def __init__(self, policy, env: Environment, agent_cfg: AgentConfig, tasks: list[Task], judge):
+    def __init__(self, policy, env: Environment, agent_cfg: AgentConfig, tasks: list[Task], judge,
+                 require_evidence: bool = False):
         self.policy, self.env, self.judge = policy, env, judge
+        self.require_evidence = require_evidence
         self.agent = Agent(policy, env, agent_cfg)
         self.tasks = tasks
 
@@ -61,8 +64,10 @@ class AgentRollout:
     def score(self, traj: Trajectory) -> Scored:
         gold = traj.meta["gold"]
         v = self.judge.judge(traj.question, traj.answer, gold)
-        traj.meta["verdict"] = {"em": v.em, "f1": v.f1, "cover": v.cover, "correct": v.correct}
-        return Scored(traj, bool(v.correct), f1=float(v.f1))
+        ok = grounded(traj) or not self.require_evidence     # an answer nobody showed the agent earns nothing
+        traj.meta["verdict"] = {"em": v.em, "f1": v.f1, "cover": v.cover, "correct": v.correct,
+                                "grounded": grounded(traj)}
+        return Scored(traj, bool(v.correct) and ok, f1=float(v.f1) if ok else 0.0)
 
     def collect(self, buffer: ReplayBuffer, cursor: int, n_tasks: int, group_size: int,
                 budget: Budget | None = None) -> tuple[list[list[Scored]], int, RolloutStats]:

@@ -133,7 +133,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
                                  tools=("search", "browse"))
     acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=rl.temperature,
                        prompt=cfg.prompt)
-    rollout = AgentRollout(policy, env, acfg, tasks, make_judge(cfg.judge))
+    rollout = AgentRollout(policy, env, acfg, tasks, make_judge(cfg.judge),
+                           require_evidence=rl.reward.require_evidence)
     budget = Budget(cfg.rollout_seconds, cfg.rollout_tokens)
     log(f"training on {len(tasks)} tasks ({cfg.tasks}), holdout {len(held)} never trained on; "
         f"{rl.tasks_per_iteration}×{rl.group_size} trajectories per iteration")
@@ -164,7 +165,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
         save(out, trainer, iteration=it + 1, buffer=buffer, cursor=cursor, metrics=history,
              keep=rl.keep_checkpoints)
         log(f"iter {it + 1}/{total}: acc {m.get('accuracy', 0):.3f} reward {m.get('mean_reward', 0):+.3f} "
-            f"steps {m['mean_steps']:.2f} fmt {m['format_errors_per_traj']:.2f} "
+            f"steps {m['mean_steps']:.2f} search {m.get('search_rate', 0):.2f} fmt {m['format_errors_per_traj']:.2f} "
             f"entropy {m.get('entropy', float('nan')):.3f} skipped {m.get('skipped_groups', 0):.0f} "
             f"tok/s {m['rollout_tokens_per_s']:.0f} {m['iteration_seconds']:.0f}s v{trainer.version}")
     tb.close()
@@ -176,6 +177,7 @@ def _rollout_metrics(trajs) -> dict[str, float]:
         return {"mean_steps": 0.0, "format_errors_per_traj": 0.0}
     n = len(trajs)
     ok = [t for t in trajs if t.meta.get("verdict", {}).get("correct")]
+    grounded = [t for t in trajs if t.meta.get("evidence_url")]
     return {
         "mean_steps": sum(t.steps for t in trajs) / n,
         "steps_per_correct": sum(t.steps for t in ok) / len(ok) if ok else float("nan"),
@@ -183,6 +185,8 @@ def _rollout_metrics(trajs) -> dict[str, float]:
         "answered_rate": sum(t.answer is not None for t in trajs) / n,
         "search_rate": sum(bool(t.queries) for t in trajs) / n,
         "browse_rate": sum(bool(t.urls_opened) for t in trajs) / n,
+        "judged_correct": len(ok) / n,     # strict judge alone (accuracy above also needs grounding if required)
+        "grounded_rate": len(grounded) / n,
         "em": sum(t.meta["verdict"]["em"] for t in trajs) / n,
         "f1": sum(t.meta["verdict"]["f1"] for t in trajs) / n,
         "cover": sum(t.meta["verdict"]["cover"] for t in trajs) / n,

@@ -1,0 +1,76 @@
+"""Summarise a `sleuth train` run: per-iteration curves (reward, accuracy, answered rate, format errors,
+entropy, timings) to a JSON result and a PNG.
+
+    .venv/bin/python benchmarks/rl_curve.py runs/rl [--out benchmarks/results/rl_smollm2] [--window 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+KEYS = ("mean_reward", "accuracy", "f1", "answered_rate", "search_rate", "format_errors_per_traj", "entropy",
+        "mean_steps", "skipped_groups", "grad_norm", "rollout_seconds", "update_seconds", "iteration_seconds",
+        "resumed", "parked", "masked_old_tokens", "logprob_mismatch")
+
+
+def smooth(xs: list[float], w: int) -> list[float]:
+    out = []
+    for i in range(len(xs)):
+        win = [x for x in xs[max(0, i - w + 1): i + 1] if x == x]
+        out.append(sum(win) / len(win) if win else float("nan"))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--out", default="benchmarks/results/rl_smollm2")
+    ap.add_argument("--window", type=int, default=5, help="moving-average window for the plot")
+    args = ap.parse_args()
+    rows = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not rows:
+        raise SystemExit(f"{args.run}/metrics.jsonl has no iterations yet")
+    curves = {k: [r.get(k) for r in rows] for k in KEYS}
+    n = len(rows)
+    half = max(1, n // 2)
+
+    def mean(k: str, part: list[dict]) -> float:
+        v = [r[k] for r in part if isinstance(r.get(k), (int, float)) and r[k] == r[k]]
+        return round(sum(v) / len(v), 4) if v else float("nan")
+
+    summary = {k: {"first_half": mean(k, rows[:half]), "second_half": mean(k, rows[half:])}
+               for k in ("mean_reward", "accuracy", "f1", "answered_rate", "format_errors_per_traj", "entropy",
+                         "mean_steps", "search_rate")}
+    config = json.loads((args.run / "config.json").read_text()) if (args.run / "config.json").exists() else {}
+    out = {"run": str(args.run), "iterations": n, "config": config, "summary": summary,
+           "total_hours": round(sum(r.get("iteration_seconds", 0) for r in rows) / 3600, 2), "curves": curves}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{args.out}.json").write_text(json.dumps(out, indent=2))
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [r["iteration"] for r in rows]
+    panels = [("mean_reward", "mean reward"), ("answered_rate", "answered rate"),
+              ("format_errors_per_traj", "format errors / trajectory"), ("f1", "answer F1 (training tasks)"),
+              ("accuracy", "accuracy (strict cover)"), ("entropy", "policy entropy (trained tokens)")]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (k, title) in zip(axes.flat, panels):
+        ys = [float("nan") if v is None else v for v in curves[k]]
+        ax.plot(it, ys, color="0.75", lw=1, label="per iteration")
+        ax.plot(it, smooth(ys, args.window), color="C0", lw=2, label=f"moving avg ({args.window})")
+        ax.set_title(title)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"SmolLM2-135M agent RL on CPU ({n} iterations, {out['total_hours']} h)")
+    fig.tight_layout()
+    fig.savefig(f"{args.out}.png", dpi=90)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,8 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command()
     def train(
-        config: Optional[Path] = typer.Option(None, "--config", help="TOML: RunConfig keys + an [rl] table."),
+        config: Optional[Path] = typer.Option(
+            None, "--config", help="TOML: RunConfig keys + an \\[rl] table (see configs/rl.toml)."),
         out: Path = typer.Option(Path("runs/rl"), "--out", help="Run directory (checkpoints, metrics, TensorBoard)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
         iterations: Optional[int] = typer.Option(None, "--iterations", help="Override rl.iterations."),

@@ -1,0 +1,104 @@
+"""Before/after RL on the dev holdout, from the evaluation harness's own records.
+
+Reads the per-sample records `benchmarks/baseline_dev.py` wrote for the untrained modes (closed-book, RAG,
+agent) and for the trained agent, and reports, overall and split by question type:
+  * comparison — "A or B?" questions, where naming either candidate is right half the time by luck;
+  * open — every other question.
+A gain that lives only in the comparison split is a choice between two names the question already gives,
+not reading; the split keeps that visible. `coin_flip` is the expected pass@1 of answering a random one of
+the two candidates (no model at all).
+
+    .venv/bin/python benchmarks/rl_before_after.py --before runs/baseline_dev --after runs/rl_eval/agent
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sleuth.evals.metrics import pass_at_k  # noqa: E402
+
+COMPARISON = re.compile(r"\bor\b")
+
+
+def load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "records.jsonl").read_text().splitlines() if line.strip()]
+
+
+def summarise(records: list[dict], questions: dict[str, str], k: int) -> dict:
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_task[r["task_id"]].append(r)
+    out = {}
+    for split in ("all", "comparison", "open"):
+        tids = [t for t in by_task if split == "all" or
+                (split == "comparison") == bool(COMPARISON.search(questions.get(t, "")))]
+        if not tids:
+            continue
+        recs = [r for t in tids for r in by_task[t]]
+        n = len(recs)
+        row = {"questions": len(tids), "samples": n,
+               "pass@1": round(sum(pass_at_k(len(by_task[t]), sum(r["verdict"]["correct"] for r in by_task[t]), 1)
+                                   for t in tids) / len(tids), 4),
+               f"pass@{k}": round(sum(pass_at_k(len(by_task[t]), sum(r["verdict"]["correct"] for r in by_task[t]),
+                                                k) for t in tids) / len(tids), 4),
+               "em": round(sum(r["verdict"]["em"] for r in recs) / n, 4),
+               "f1": round(sum(r["verdict"]["f1"] for r in recs) / n, 4),
+               "cover": round(sum(r["verdict"]["cover"] for r in recs) / n, 4),
+               "answered": round(sum(r.get("answer") not in (None, "") for r in recs) / n, 4)}
+        st = [r.get("stats", {}) for r in recs]
+        for key in ("steps", "search_queries", "urls_opened", "format_errors"):
+            row[key] = round(sum(s.get(key, 0) for s in st) / n, 3)
+        out[split] = row
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--before", type=Path, default=Path("runs/baseline_dev"))
+    ap.add_argument("--after", type=Path, default=Path("runs/rl_eval/agent"))
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--label", default="agent after RL")
+    ap.add_argument("--out", default="benchmarks/results/rl_before_after.json")
+    args = ap.parse_args()
+    from sleuth.evals.tasks import load_tasks
+
+    tasks = load_tasks("dev", limit=args.n, seed=0)
+    questions = {t.id: t.question for t in tasks}
+    ids = set(questions)
+    modes = {name: args.before / name for name in ("closed-book", "rag", "agent")}
+    modes["agent (untrained)"] = modes.pop("agent")
+    modes[args.label] = args.after
+    res = {}
+    for name, path in modes.items():
+        recs = [r for r in load(path) if r["task_id"] in ids]
+        res[name] = summarise(recs, questions, args.k)
+    n_cmp = sum(bool(COMPARISON.search(q)) for q in questions.values())
+    out = {"tasks": f"dev, first {args.n} after shuffling with seed 0 (RL holdout)", "comparison_questions": n_cmp,
+           "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res}
+    after, rag, untrained = res[args.label]["all"], res["rag"]["all"], res["agent (untrained)"]["all"]
+    out["ratios"] = {
+        "after_vs_rag_pass@1": round(after["pass@1"] / rag["pass@1"], 2) if rag["pass@1"] else None,
+        "after_vs_untrained_agent_pass@1": round(after["pass@1"] / untrained["pass@1"], 2)
+        if untrained["pass@1"] else None}
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    print(f"{'mode':22s} {'split':10s} {'q':>3s} {'pass@1':>7s} {'pass@4':>7s} {'EM':>6s} {'F1':>6s} {'cover':>6s} "
+          f"{'answered':>8s} {'steps':>5s} {'queries':>7s}")
+    for name, splits in res.items():
+        for split, r in splits.items():
+            print(f"{name:22s} {split:10s} {r['questions']:3d} {r['pass@1']:7.3f} {r[f'pass@{args.k}']:7.3f} "
+                  f"{r['em']:6.3f} {r['f1']:6.3f} {r['cover']:6.3f} {r['answered']:8.3f} {r['steps']:5.2f} "
+                  f"{r['search_queries']:7.2f}")
+    print(f"coin flip on the {n_cmp} comparison questions: pass@1 {out['coin_flip_pass@1']:.3f} overall")
+    print(json.dumps(out["ratios"]))
+
+
+if __name__ == "__main__":
+    main()

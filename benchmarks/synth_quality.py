@@ -140,6 +140,10 @@ def solve_rates(tasks, n: int = 0, model: str | None = None, base_url: str | Non
     t0 = time.perf_counter()
     closed = closed_book_solver(policy)(qs)
     out["closed_book_solved"] = sum(knows_answer(p, t.answers) for p, t in zip(closed, sample)) / len(sample)
+    kinds = sorted({t.metadata.get("type", t.dataset) for t in sample})
+    by_kind = {k: [i for i, t in enumerate(sample) if t.metadata.get("type", t.dataset) == k] for k in kinds}
+    out["by_type"] = {k: {"n": len(ix), "closed_book_solved": round(sum(
+        knows_answer(closed[i], sample[i].answers) for i in ix) / len(ix), 3)} for k, ix in by_kind.items()}
     out["closed_book_seconds"] = round(time.perf_counter() - t0, 1)
     if idx is None:
         out["with_tools_solved"] = "not run: no index"
@@ -152,6 +156,9 @@ def solve_rates(tasks, n: int = 0, model: str | None = None, base_url: str | Non
     tool = agent_tool_solver(policy, env, AgentConfig(temperature=0.0, max_steps=4, max_new_tokens=64))(qs, 1)
     out["with_tools_solved"] = sum(answer_match(a[0], t.answers, t.question) for a, t in zip(tool, sample)) / \
         len(sample)
+    for k, ix in by_kind.items():
+        out["by_type"][k]["with_tools_solved"] = round(sum(
+            answer_match(tool[i][0], sample[i].answers, sample[i].question) for i in ix) / len(ix), 3)
     out["with_tools_seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
@@ -166,6 +173,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--base-url", default=None)
     ap.add_argument("--no-retrieval", action="store_true")
+    ap.add_argument("--out", type=Path, default=OUT, help="result JSON (default: benchmarks/results/synth_quality.json)")
     args = ap.parse_args()
     if not args.corpus.is_file():
         sys.exit(f"corpus not found: {args.corpus}")
@@ -216,8 +224,8 @@ def main() -> None:
         examples.append(ex)
         print(f"  [{x.dataset}] {x.question}\n      -> {x.answers[0]}   ({' -> '.join(ex['supporting_titles'])})")
 
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
         "corpus": str(args.corpus), "passages": len(passages), "n_candidates_requested": args.n, "seed": args.seed,
         "funnel": {k: f[k] for k in ("candidates", "kept", "kept_by_dataset", "skipped_stages",
                                      "difficulty_filtered")},
@@ -225,7 +233,7 @@ def main() -> None:
         "generation": f["generation"], "graph": f["graph"], "timings_s": f["timings"],
         "sample_size": len(sample), "span_checks": spans, "retrieval": retrieval, "solve_rates": rates,
         "examples": examples}, indent=2, ensure_ascii=False))
-    print(f"\nwrote {OUT}")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

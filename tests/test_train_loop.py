@@ -99,3 +99,5 @@ def test_split_tasks_mixes_sources_filters_datasets_and_removes_the_holdout(tmp_
     assert {t.dataset for t in tasks} == {"dev-nq", "synth-comparison"}
     with pytest.raises(ValueError, match="no training tasks"):
         split_tasks(load_run_config(None, tasks=[str(synth)], datasets=["dev-musique"]))
+    with pytest.raises(FileNotFoundError, match="sleuth synth"):
+        split_tasks(load_run_config(None, tasks=["dev", str(tmp_path / "missing.jsonl")]))

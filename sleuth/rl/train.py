@@ -82,6 +82,10 @@ def split_tasks(cfg: RunConfig):
     held_ids = {t.id for t in held}
     held_q = {normalize_answer(t.question) for t in held}
     sources = [cfg.tasks] if isinstance(cfg.tasks, str) else list(cfg.tasks)
+    for src in sources:
+        if src.endswith((".jsonl", ".json", ".csv", ".tsv")) and not Path(src).expanduser().is_file():
+            raise FileNotFoundError(f"task file {src} does not exist; synthesise it first, e.g. `sleuth synth "
+                                    f"--corpus ../shared/data/corpus/passages.jsonl.gz --n 2000 -o {src}`")
     loaded = [t for src in sources for t in load_tasks(src)]
     if cfg.datasets is not None:
         loaded = [t for t in loaded if in_datasets(t, set(cfg.datasets))]

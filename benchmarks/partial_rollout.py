@@ -9,11 +9,11 @@ Setup (the real rollout machinery: `sleuth.rl.toy.collect`, `ReplayBuffer`, grou
 eviction): every agent step is one real batched generation of `--tokens-per-step` tokens over each
 trajectory's whole context (re-read each step, as the agent loop does), by the embedded SmolLM2-135M through
 `HFPolicy.generate` (`--engine smol`, the engine real rollouts use here) or by a randomly initialised tiny
-Llama without KV cache (`--engine toy`). What is simulated is only WHEN a trajectory finishes: each (task, member) draws its length
-in steps from a log-normal (median `--median-steps`, sigma `--sigma`, capped at `--max-steps`), so the length
-distribution is long-tailed by construction. Weights are frozen (the version is bumped each iteration as an
-update would), so both modes sample the same work; the update itself costs the same per finished sample in
-both modes and is left out.
+Llama without KV cache (`--engine toy`). What is simulated is only WHEN a trajectory finishes: each
+(task, member) draws its length in steps from a log-normal (median `--median-steps`, sigma `--sigma`, capped
+at `--max-steps`), so the length distribution is long-tailed by construction. Weights are frozen (the
+version is bumped each iteration as an update would), so both modes sample the same work; the update itself
+costs the same per finished sample in both modes and is left out.
 
 Both modes must deliver the same number of finished trajectories (complete groups of 4 tasks x 4 samples per
 iteration); they run interleaved (A B A B ...) in one process so machine noise hits both alike.

@@ -173,7 +173,8 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--base-url", default=None)
     ap.add_argument("--no-retrieval", action="store_true")
-    ap.add_argument("--out", type=Path, default=OUT, help="result JSON (default: benchmarks/results/synth_quality.json)")
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help="result JSON (default: benchmarks/results/synth_quality.json)")
     args = ap.parse_args()
     if not args.corpus.is_file():
         sys.exit(f"corpus not found: {args.corpus}")

@@ -2,11 +2,11 @@
 
 The reward of a trajectory is decided once, at the end (an *outcome* reward): ``correct_reward`` when the
 answer was judged correct, ``incorrect_reward`` (plus optional F1 partial credit) otherwise, minus penalties
-for invalid tool calls and for running out of budget. Gamma-decay then spreads the outcome over the agent's steps: for a CORRECT
-trajectory of T steps, step i (1-based) gets ``r·γ^(T−i)`` — the final step the full reward, earlier steps
-less, so that of two correct trajectories the shorter one earns more credit per step. A failed trajectory
-keeps the same flat reward on every step (decaying a negative or zero reward would only make early
-mistakes look *better*).
+for invalid tool calls and for running out of budget. Gamma-decay then spreads the outcome over the agent's
+steps: for a CORRECT trajectory of T steps, step i (1-based) gets ``r·γ^(T−i)`` — the final step the full
+reward, earlier steps less, so that of two correct trajectories the shorter one earns more credit per step.
+A failed trajectory keeps the same flat reward on every step (decaying a negative or zero reward would only
+make early mistakes look *better*).
 
 Format penalty: ``format_penalty`` per invalid tool call, capped at ``format_penalty_cap`` in total. Per-error
 (not flat) so that one slip costs little and repeated slips cost more; capped so that a run of parse errors

@@ -11,6 +11,17 @@ os.environ.setdefault("SLEUTH_MODELS", os.path.join(os.environ.get("SLEUTH_HOME"
     "~/.cache/sleuth")), "models"))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest (and reproducibly) on one torch thread, especially on a busy machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def smol_tokenizer():
     """The embedded SmolLM2 tokenizer (from the cached safetensors copy; converted once if missing)."""

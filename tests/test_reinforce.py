@@ -20,13 +20,7 @@ from sleuth.trajectory import Segment, Trajectory
 GAMMA = 0.9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models run fastest (and reproducibly) on one thread, especially on a busy machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_traj(steps: list[list[int]], finish: str = "finish", prompt=(1, 3), version: int = 0,

@@ -5,8 +5,7 @@ correctness. What comes out: one AdamW step on the policy and a new weight versi
 this file never samples.
 
 1) Reward. ``rewards.outcome_reward`` (correct/incorrect, optional F1 partial credit, format and budget
-   penalties), spread over the agent's
-   steps by gamma-decay for correct trajectories (``rewards.token_rewards``).
+   penalties), spread over the agent's steps by gamma-decay for correct trajectories (``rewards.token_rewards``).
 2) Advantage. Per-token reward minus the group's mean outcome reward (optionally divided by the group std,
    ``normalize_std``). A group whose rewards are all equal carries no signal: it is counted and skipped.
 3) Negative-sample control. A seeded fraction of the failed trajectories (``negative_drop_frac``) is left out

@@ -64,9 +64,9 @@ class AgentRollout:
     def score(self, traj: Trajectory) -> Scored:
         gold = traj.meta["gold"]
         v = self.judge.judge(traj.question, traj.answer, gold)
-        ok = grounded(traj) or not self.require_evidence     # an answer nobody showed the agent earns nothing
-        traj.meta["verdict"] = {"em": v.em, "f1": v.f1, "cover": v.cover, "correct": v.correct,
-                                "grounded": grounded(traj)}
+        shown = grounded(traj)
+        ok = shown or not self.require_evidence     # an answer nobody showed the agent earns nothing
+        traj.meta["verdict"] = {"em": v.em, "f1": v.f1, "cover": v.cover, "correct": v.correct, "grounded": shown}
         return Scored(traj, bool(v.correct) and ok, f1=float(v.f1) if ok else 0.0)
 
     def collect(self, buffer: ReplayBuffer, cursor: int, n_tasks: int, group_size: int,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from sleuth.rewards import grounded
 from sleuth.rl.config import TrainConfig, _build, load_config
 
 
@@ -76,6 +77,7 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
 def split_tasks(cfg: RunConfig):
     """Training tasks minus the evaluation holdout (and any near-identical question)."""
     from sleuth.evals.judges import normalize_answer
+    from sleuth.evals.loaders import QA_FILE_SUFFIXES
     from sleuth.evals.tasks import in_datasets, load_tasks
 
     held = load_tasks(cfg.holdout_benchmark, limit=cfg.holdout, seed=cfg.holdout_seed) if cfg.holdout else []
@@ -83,7 +85,7 @@ def split_tasks(cfg: RunConfig):
     held_q = {normalize_answer(t.question) for t in held}
     sources = [cfg.tasks] if isinstance(cfg.tasks, str) else list(cfg.tasks)
     for src in sources:
-        if src.endswith((".jsonl", ".json", ".csv", ".tsv")) and not Path(src).expanduser().is_file():
+        if src.endswith(QA_FILE_SUFFIXES) and not Path(src).expanduser().is_file():
             raise FileNotFoundError(f"task file {src} does not exist; synthesise it first, e.g. `sleuth synth "
                                     f"--corpus ../shared/data/corpus/passages.jsonl.gz --n 2000 -o {src}`")
     loaded = [t for src in sources for t in load_tasks(src)]
@@ -169,7 +171,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
         save(out, trainer, iteration=it + 1, buffer=buffer, cursor=cursor, metrics=history,
              keep=rl.keep_checkpoints)
         log(f"iter {it + 1}/{total}: acc {m.get('accuracy', 0):.3f} reward {m.get('mean_reward', 0):+.3f} "
-            f"steps {m['mean_steps']:.2f} search {m.get('search_rate', 0):.2f} fmt {m['format_errors_per_traj']:.2f} "
+            f"steps {m['mean_steps']:.2f} search {m.get('search_rate', 0):.2f} "
+            f"fmt {m['format_errors_per_traj']:.2f} "
             f"entropy {m.get('entropy', float('nan')):.3f} skipped {m.get('skipped_groups', 0):.0f} "
             f"tok/s {m['rollout_tokens_per_s']:.0f} {m['iteration_seconds']:.0f}s v{trainer.version}")
     tb.close()
@@ -181,7 +184,6 @@ def _rollout_metrics(trajs) -> dict[str, float]:
         return {"mean_steps": 0.0, "format_errors_per_traj": 0.0}
     n = len(trajs)
     ok = [t for t in trajs if t.meta.get("verdict", {}).get("correct")]
-    grounded = [t for t in trajs if t.meta.get("evidence_url")]
     return {
         "mean_steps": sum(t.steps for t in trajs) / n,
         "steps_per_correct": sum(t.steps for t in ok) / len(ok) if ok else float("nan"),
@@ -190,7 +192,7 @@ def _rollout_metrics(trajs) -> dict[str, float]:
         "search_rate": sum(bool(t.queries) for t in trajs) / n,
         "browse_rate": sum(bool(t.urls_opened) for t in trajs) / n,
         "judged_correct": len(ok) / n,     # strict judge alone (accuracy above also needs grounding if required)
-        "grounded_rate": len(grounded) / n,
+        "grounded_rate": sum(grounded(t) for t in trajs) / n,
         "em": sum(t.meta["verdict"]["em"] for t in trajs) / n,
         "f1": sum(t.meta["verdict"]["f1"] for t in trajs) / n,
         "cover": sum(t.meta["verdict"]["cover"] for t in trajs) / n,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 KEYS = ("mean_reward", "accuracy", "f1", "answered_rate", "search_rate", "format_errors_per_traj", "entropy",
@@ -43,6 +44,16 @@ def main() -> None:
     summary = {k: {"first_half": mean(k, rows[:half]), "second_half": mean(k, rows[half:])}
                for k in ("mean_reward", "accuracy", "f1", "answered_rate", "format_errors_per_traj", "entropy",
                          "mean_steps", "search_rate")}
+    # Which questions the second half's correct rollouts came from: "A or B?" comparisons vs the rest.
+    by_type = {"comparison": [0, 0], "open": [0, 0]}
+    rollouts = args.run / "rollouts.jsonl"
+    for line in (rollouts.read_text().splitlines() if rollouts.exists() else []):
+        r = json.loads(line)
+        if r["iteration"] > half:
+            kind = "comparison" if re.search(r"\bor\b", r["question"]) else "open"
+            by_type[kind][0] += 1
+            by_type[kind][1] += bool(r["verdict"]["correct"] and r["verdict"].get("grounded", True))
+    summary["second_half_rollouts"] = {k: {"rollouts": n, "correct": c} for k, (n, c) in by_type.items()}
     config = json.loads((args.run / "config.json").read_text()) if (args.run / "config.json").exists() else {}
     out = {"run": str(args.run), "iterations": n, "config": config, "summary": summary,
            "total_hours": round(sum(r.get("iteration_seconds", 0) for r in rows) / 3600, 2), "curves": curves}

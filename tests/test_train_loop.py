@@ -83,8 +83,11 @@ def test_train_checkpoints_resumes_and_exports(setup):
 
 def test_split_tasks_mixes_sources_filters_datasets_and_removes_the_holdout(tmp_path):
     from sleuth.evals.tasks import load_tasks
+    from sleuth.paths import shared_data
     from sleuth.rl.train import load_run_config, split_tasks
 
+    if not (shared_data() / "qa" / "dev.jsonl").is_file():
+        pytest.skip("shared dev questions not present")
     synth = tmp_path / "synth.jsonl"
     synth.write_text("".join(json.dumps({"id": f"s{i}", "question": f"Who was born first, A{i} or B{i}?",
                                          "answers": [f"A{i}"], "dataset": ds}) + "\n"

@@ -35,7 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from sleuth import paths  # noqa: E402
 from sleuth.corpus import load_jsonl  # noqa: E402
-from sleuth.synth.pipeline import SynthConfig, synthesize  # noqa: E402
+from sleuth.synth.pipeline import SynthConfig, parse_mix, synthesize  # noqa: E402
 from sleuth.synth.reasoning import run_program  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def retrieval_checks(tasks, idx, k: int = 10) -> dict:
 
 
 def solve_rates(tasks, n: int = 0, model: str | None = None, base_url: str | None = None,
-                idx=None) -> dict | None:
+                idx=None, prompt: str = "short-fewshot") -> dict | None:
     """Hook: closed-book vs with-tools solve rates of the project's policy on the first n sampled tasks.
 
     None when n == 0 (the default: on CPU this is slow). Uses the same solvers as the pipeline's
@@ -136,7 +136,7 @@ def solve_rates(tasks, n: int = 0, model: str | None = None, base_url: str | Non
     sample = tasks[:n]
     qs = [t.question for t in sample]
     policy = load_policy(model, base_url)
-    out: dict = {"n": len(sample), "policy": getattr(policy, "name", "")}
+    out: dict = {"n": len(sample), "policy": getattr(policy, "name", ""), "prompt": prompt}
     t0 = time.perf_counter()
     closed = closed_book_solver(policy)(qs)
     out["closed_book_solved"] = sum(knows_answer(p, t.answers) for p, t in zip(closed, sample)) / len(sample)
@@ -153,7 +153,8 @@ def solve_rates(tasks, n: int = 0, model: str | None = None, base_url: str | Non
     env = Environment(idx.engine("lexical"), {idx.name: idx.docs})
     t0 = time.perf_counter()
     # the evaluation harness's agent budget (4 steps, 64 new tokens per step), greedy
-    tool = agent_tool_solver(policy, env, AgentConfig(temperature=0.0, max_steps=4, max_new_tokens=64))(qs, 1)
+    tool = agent_tool_solver(policy, env, AgentConfig(temperature=0.0, max_steps=4, max_new_tokens=64,
+                                                     prompt=prompt))(qs, 1)
     out["with_tools_solved"] = sum(answer_match(a[0], t.answers, t.question) for a, t in zip(tool, sample)) / \
         len(sample)
     for k, ix in by_kind.items():
@@ -168,10 +169,13 @@ def main() -> None:
     ap.add_argument("--corpus", type=Path, default=paths.shared_data() / "corpus" / "passages.jsonl.gz")
     ap.add_argument("--n", type=int, default=2000, help="candidates to generate")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mix", default=None, help="candidate shares per type, e.g. lookup=1 (default: the "
+                    "pipeline's bridge/comparison/reasoning mix)")
     ap.add_argument("--sample", type=int, default=100)
     ap.add_argument("--solve", type=int, default=0, help="tasks for the closed-book vs with-tools hook")
     ap.add_argument("--model", default=None)
     ap.add_argument("--base-url", default=None)
+    ap.add_argument("--prompt", default="short-fewshot", help="agent prompt variant for the with-tools solver")
     ap.add_argument("--no-retrieval", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT,
                     help="result JSON (default: benchmarks/results/synth_quality.json)")
@@ -182,7 +186,9 @@ def main() -> None:
     t = time.perf_counter()
     passages = {p.id: p for p in load_jsonl(args.corpus)}
     load_s = time.perf_counter() - t
-    tasks, funnel = synthesize(list(passages.values()), SynthConfig(n=args.n, seed=args.seed, progress=False))
+    extra = {"mix": parse_mix(args.mix)} if args.mix else {}
+    tasks, funnel = synthesize(list(passages.values()), SynthConfig(n=args.n, seed=args.seed, progress=False,
+                                                                    **extra))
     f = funnel.to_dict()
     print(f"corpus: {len(passages)} passages loaded in {load_s:.1f}s")
     print(f"graph: {f['graph']}")
@@ -209,7 +215,7 @@ def main() -> None:
             except Exception as e:  # the index is optional for this benchmark
                 retrieval = {"status": f"skipped: {type(e).__name__}: {e}"}
         print(f"retrieval: {json.dumps(retrieval.get('overall', retrieval.get('status')))}")
-        rates = solve_rates(sample, args.solve, args.model, args.base_url, idx)
+        rates = solve_rates(sample, args.solve, args.model, args.base_url, idx, args.prompt)
         print(f"solve rates: {rates if rates is not None else 'not run (use --solve N)'}")
     finally:
         if tmp is not None:

@@ -117,6 +117,9 @@ PROMPTS = {
     "fewshot": ("system.md", "example_fewshot.json"),
     "short": ("system_short.md", None),
     "short-fewshot": ("system_short.md", "example_short.json"),
+    # two worked examples (a one-search lookup, then a two-search bridge) whose observations have exactly
+    # the search tool's format, so the example shows where in a real result the answer sits
+    "short-2shot": ("system_short.md", "example_2shot.json"),
 }
 
 

@@ -8,9 +8,9 @@ import random
 import pytest
 
 from sleuth.corpus import Passage
-from sleuth.synth.generate import (GenStats, GraphConfig, LinkGraph, Task, generate_bridges, generate_comparisons,
-                                   profile)
-from sleuth.synth.pipeline import SynthConfig, synthesize, write_outputs
+from sleuth.synth.generate import (Fact, GenStats, GraphConfig, LinkGraph, Task, ask, generate_bridges,
+                                   generate_comparisons, generate_lookups, profile)
+from sleuth.synth.pipeline import SynthConfig, parse_mix, synthesize, write_outputs
 from sleuth.synth.reasoning import generate_reasoning, run_program, run_programs
 from sleuth.synth.validate import (EvalIndex, SynthError, _tokens, check_closed_book, check_dedup, check_leak,
                                    check_pass_at_n, check_span, check_unique)
@@ -142,6 +142,40 @@ def test_three_hop_bridge():
         assert t.question.count("The article on") == 2
         for title in t.metadata["supporting_titles"][1:]:
             assert title not in t.question
+
+
+def test_lookup_questions_name_the_entity_and_its_passage_states_the_answer(graph):
+    tasks = list(generate_lookups(graph, 20, random.Random(0), GenStats()))
+    assert tasks and len({t.id for t in tasks}) == len(tasks)
+    for t in tasks:
+        p = graph.passages[t.metadata["answer_pid"]]
+        assert p.title in t.question and t.answers[0] in p.text          # one hop: search the name, read
+        assert t.dataset == "synth-lookup" and t.metadata["hops"] == 1
+        assert t.metadata["supporting_ids"] == [p.id]
+        if t.metadata["fact"].startswith(("birth", "death")):
+            assert graph.profiles[p.id].is_person                       # no "when did that town die?"
+    facts = {(t.metadata["supporting_titles"][0], t.metadata["fact"]): t.answers for t in tasks}
+    if ("Marion Kell", "birth_date") in facts:
+        assert "12 March 1901" in facts[("Marion Kell", "birth_date")]
+
+
+def test_creator_questions_use_the_active_verb():
+    f = Fact("creator", "Ann Lee", 0, "entity", verb="written")
+    assert ask(f, "Blue Road") == "Who wrote Blue Road?"
+    assert ask(Fact("creator", "Ann Lee", 0, "entity", verb="directed"), "Blue Road") == "Who directed Blue Road?"
+
+
+def test_mix_parsing_and_lookup_only_pipeline():
+    assert parse_mix("lookup=1") == {"lookup": 1.0}
+    assert parse_mix("bridge=0.5, comparison=0.5") == {"bridge": 0.5, "comparison": 0.5}
+    for bad in ("lookup", "lookup=x"):
+        with pytest.raises(ValueError, match="type=share"):
+            parse_mix(bad)
+    with pytest.raises(ValueError, match="mix"):
+        quiet(mix={"trivia": 1.0}).check()
+    tasks, funnel = synthesize(film_corpus(), quiet(n=10, mix={"lookup": 1.0}), eval_questions=no_eval())
+    assert tasks and {t.dataset for t in tasks} == {"synth-lookup"}
+    assert funnel.generation["quotas"] == {"lookup": 10, "bridge": 0}
 
 
 def test_comparison_answer_is_the_earlier_entity(graph):

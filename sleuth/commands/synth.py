@@ -35,6 +35,9 @@ def register(app: typer.Typer) -> None:
                                  "goes to <stem>.funnel.json beside it."),
         seed: int = typer.Option(0, "--seed"),
         hops: str = typer.Option("2,3,4", "--hops", help="Bridge hop counts, e.g. 2,3."),
+        mix: Optional[str] = typer.Option(None, "--mix", help="Share of candidates per type, e.g. "
+                                          "lookup=1 or bridge=0.55,comparison=0.2,reasoning=0.25 (the default); "
+                                          "lookup = single-hop questions, the easy end of a curriculum."),
         closed_book: bool = typer.Option(True, "--closed-book/--no-closed-book",
                                          help="Reject tasks the policy answers without tools."),
         pass_at: int = typer.Option(0, "--pass-at", help="N agent attempts per task for the pass@N filter "
@@ -53,18 +56,20 @@ def register(app: typer.Typer) -> None:
                                   "auto | always | never."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Keep at most this many tasks."),
     ) -> None:
-        """Generate tool-centric multi-hop tasks (bridge, comparison, reasoning), validate, filter, write."""
+        """Generate tool-centric tasks (bridge, comparison, reasoning, single-hop lookup), validate, filter, write."""
         from rich.console import Console
 
-        from sleuth.synth.pipeline import (SynthConfig, agent_tool_solver, closed_book_solver, synthesize,
-                                           write_outputs)
+        from sleuth.synth.pipeline import (SynthConfig, agent_tool_solver, closed_book_solver, parse_mix,
+                                           synthesize, write_outputs)
         from sleuth.synth.validate import SynthError
 
         console = Console(stderr=True)
-        cfg = SynthConfig(n=n, seed=seed, hops=_parse_hops(hops), closed_book=closed_book, pass_n=pass_at,
-                          pass_min=pass_min, pass_max=pass_max, eval_sets=tuple(eval_set or ("all",)),
-                          dedup_threshold=dedup_threshold, cloze=cloze, limit=limit)
         try:
+            extra = {"mix": parse_mix(mix)} if mix else {}
+            cfg = SynthConfig(n=n, seed=seed, hops=_parse_hops(hops), **extra, closed_book=closed_book,
+                              pass_n=pass_at, pass_min=pass_min, pass_max=pass_max,
+                              eval_sets=tuple(eval_set or ("all",)), dedup_threshold=dedup_threshold, cloze=cloze,
+                              limit=limit)
             cfg.check()
         except ValueError as e:
             console.print(f"[red]{e}[/red]")

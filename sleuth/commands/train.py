@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
     def train(
         config: Optional[Path] = typer.Option(
             None, "--config", help="TOML: RunConfig keys + an \\[rl] table (see configs/rl.toml)."),
-        out: Path = typer.Option(Path("runs/rl"), "--out", help="Run directory (checkpoints, metrics, TensorBoard)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run directory (checkpoints, metrics, TensorBoard); "
+                                           "default: the config's rl.out_dir (runs/rl)."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
         iterations: Optional[int] = typer.Option(None, "--iterations", help="Override rl.iterations."),
         tasks: Optional[str] = typer.Option(None, "--tasks", help="Benchmark name or task file."),
@@ -29,6 +30,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         try:
             cfg = load_run_config(config, tasks=tasks, model=model)
+            out = out or Path(cfg.rl.out_dir)
             run_train(cfg, out, resume=resume, iterations=iterations, log=console.print)
         except (ValueError, FileNotFoundError) as e:
             console.print(f"[red]{e}[/red]")

@@ -628,7 +628,10 @@ def ask(fact: Fact, ref: str) -> str:
     key = fact.name
     if key == "population" and not fact.extra.get("census"):
         key = "population_nocensus"
-    return ASK[key].format(ref=ref, verb=fact.verb, census=fact.extra.get("census", ""))
+    verb = fact.verb
+    if key == "creator":
+        verb = {"written": "wrote"}.get(verb, verb)   # "Who wrote X?", not "Who written X?"
+    return ASK[key].format(ref=ref, verb=verb, census=fact.extra.get("census", ""))
 
 
 def cloze(text: str, men: Mention, width: int = 5) -> str:
@@ -784,6 +787,49 @@ def generate_bridges(g: LinkGraph, n: int, hops: int, rng: random.Random, stats:
                       "answer_pid": chain[-1],
                       "evidence": _evidence(g, chain) + [{"pid": chain[-1], "span": fact.value, "role": "answer"}],
                       "hidden": sorted(set(hidden_titles)), "pattern": pattern})
+
+
+def generate_lookups(g: LinkGraph, n: int, rng: random.Random, stats: GenStats,
+                     max_attempts: int | None = None) -> Iterator[Task]:
+    """Up to n single-hop questions: one fact of a passage, asked about its title ("When was X born?").
+
+    The easy end of a curriculum: searching the named entity finds the passage that states the answer, so
+    a policy that searches and reads can solve it, one that guesses cannot."""
+    pool = [pid for pid in g.order
+            if g.profiles[pid].type_phrase and len(g.by_title.get(g.passages[pid].title, [])) == 1
+            and len(surface_of(g.passages[pid].title)) >= g.cfg.min_title_chars
+            and any(f in g.profiles[pid].facts for f in BRIDGE_FACTS)]
+    if not pool:
+        return
+    made, seen = 0, set()
+    for _ in range(max_attempts or n * 10):
+        if made >= n:
+            break
+        stats.attempts["lookup"] += 1
+        pid = rng.choice(pool)
+        pr = g.profiles[pid]
+        facts = [pr.facts[f] for f in BRIDGE_FACTS if f in pr.facts]
+        facts = [f for f in facts if not (f.name.endswith("_year") and f.name.replace("_year", "_date") in pr.facts)]
+        fact = rng.choice(facts)
+        if (pid, fact.name) in seen:
+            stats.rejected["lookup:duplicate"] += 1
+            continue
+        if fact.name in ("birth_date", "birth_year", "death_date", "death_year") and not pr.is_person:
+            stats.rejected["lookup:lifespan_of_non_person"] += 1   # "When did that nightclub die?"
+            continue
+        seen.add((pid, fact.name))
+        title = g.passages[pid].title
+        question = ask(fact, title)
+        question = question[0].upper() + question[1:]
+        made += 1
+        stats.produced["lookup"] += 1
+        yield Task(
+            id=task_id("synth", "lookup", question), question=question, answers=fact_answers(fact),
+            dataset="synth-lookup",
+            metadata={"generator": "sleuth.synth.generate.lookup", "type": "lookup", "hops": 1,
+                      "fact": fact.name, "supporting_ids": [pid], "supporting_titles": [title],
+                      "answer_pid": pid, "evidence": [{"pid": pid, "span": fact.value, "role": "answer"}],
+                      "hidden": [], "pattern": {"refs": [{"start": title, "hops": []}], "facts": [fact.name]}})
 
 
 COMPARE = {  # fact -> (question template, whether the earlier/smaller value wins for "first"/"smaller")

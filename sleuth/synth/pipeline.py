@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from sleuth.corpus import Passage, load_source
 from sleuth.synth.generate import (GenStats, GraphConfig, LinkGraph, Task, generate_bridges,
-                                   generate_comparisons)
+                                   generate_comparisons, generate_lookups)
 from sleuth.synth.reasoning import KINDS, generate_reasoning
 from sleuth.synth.validate import (ClosedBookSolver, EvalIndex, Stage, SynthError, ToolSolver, all_benchmark_names,
                                    check_closed_book, check_dedup, check_leak, check_pass_at_n, check_span,
@@ -36,7 +36,8 @@ class SynthConfig:
     hops: tuple[int, ...] = (2, 3, 4)
     """Bridge hop counts (passages per question), candidates split evenly among them."""
     mix: dict[str, float] = field(default_factory=lambda: {"bridge": 0.55, "comparison": 0.2, "reasoning": 0.25})
-    """Share of candidates per task type."""
+    """Share of candidates per task type: bridge, comparison, reasoning, and lookup (single-hop, the easy end
+    of a curriculum; 0 by default)."""
     reasoning_kinds: tuple[str, ...] = KINDS
     """Reasoning task kinds: age, years-between, difference, conversion."""
     cloze: str = "auto"
@@ -68,9 +69,9 @@ class SynthConfig:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if not self.hops or any(h not in (2, 3, 4) for h in self.hops):
             raise ValueError(f"hops must be a non-empty subset of 2, 3, 4; got {self.hops}")
-        unknown = set(self.mix) - {"bridge", "comparison", "reasoning"}
+        unknown = set(self.mix) - {"bridge", "comparison", "reasoning", "lookup"}
         if unknown or not self.mix or any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
-            raise ValueError(f"mix needs non-negative shares of bridge/comparison/reasoning, got {self.mix}")
+            raise ValueError(f"mix needs non-negative shares of bridge/comparison/reasoning/lookup, got {self.mix}")
         if not 0.0 <= self.pass_min <= self.pass_max <= 1.0:
             raise ValueError(f"need 0 <= pass_min <= pass_max <= 1, got {self.pass_min}, {self.pass_max}")
         if self.pass_n < 0:
@@ -115,6 +116,20 @@ class Funnel:
             t.add_row(s.name, s.status, str(s.n_in), str(s.n_out), reasons or s.note if s.status == "skipped"
                       else reasons)
         return t
+
+
+def parse_mix(s: str) -> dict[str, float]:
+    """"lookup=1" or "bridge=0.5,comparison=0.2" -> {"lookup": 1.0}; the shares are checked by SynthConfig."""
+    mix: dict[str, float] = {}
+    for part in (p.strip() for p in s.split(",") if p.strip()):
+        name, sep, val = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            mix[name.strip()] = float(val)
+        except ValueError:
+            raise ValueError(f"a mix is type=share pairs like lookup=0.3,bridge=0.7, got {s!r}") from None
+    return mix
 
 
 def _passages(corpus: str | Path | Iterable[Passage]) -> list[Passage]:
@@ -181,6 +196,9 @@ def synthesize(corpus: str | Path | Iterable[Passage], cfg: SynthConfig | None =
             for task in generate_bridges(graph, k, hops, rng, stats, cfg.cloze):
                 candidates.append(task)
                 prog.advance(gen_bar)
+        for task in generate_lookups(graph, quotas.get("lookup", 0), random.Random(f"{cfg.seed}-lookup"), stats):
+            candidates.append(task)
+            prog.advance(gen_bar)
         for task in generate_comparisons(graph, quotas.get("comparison", 0), random.Random(f"{cfg.seed}-cmp"), stats):
             candidates.append(task)
             prog.advance(gen_bar)

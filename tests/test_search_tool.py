@@ -128,3 +128,26 @@ def test_backend_errors_are_observations(engine):
     assert not res.ok and res.error == "backend_error"
     assert res.text.count("(search failed: ConnectionError: connection refused)") == 2
     assert res.data["urls"] == []
+
+
+def test_prompt_examples_show_observations_exactly_as_the_tool_renders_them():
+    """A worked example whose observations look different from real ones teaches the wrong place to look."""
+    import re
+
+    from sleuth.agent import load_prompt
+    from sleuth.search.base import SearchResult
+
+    msgs = load_prompt("short-2shot")
+    for i, m in enumerate(msgs):
+        if m["role"] != "user" or not m["content"].startswith("<observation>"):
+            continue
+        body = m["content"][len("<observation>\n"):-len("\n</observation>")]
+        query = re.search(r'<search>(.*)</search>', msgs[i - 1]["content"]).group(1)
+        shown = re.findall(r"\[\d+\] (.*)\n    (\S+)\n    (.*)", body)
+        assert shown, body
+
+        class Replay(SearchEngine):
+            def search(self, q, k=10):
+                return [SearchResult(t, u, s) for t, u, s in shown] if q == query else []
+
+        assert SearchTool(Replay(), k_per_query=3)({"queries": [query]}).text == body

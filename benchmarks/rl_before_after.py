@@ -9,6 +9,10 @@ not reading; the split keeps that visible. `coin_flip` is the expected pass@1 of
 the two candidates (no model at all).
 
     .venv/bin/python benchmarks/rl_before_after.py --before runs/baseline_dev --after runs/rl_eval/agent
+    # several untrained agent configurations: the ratio uses the best of them (never a weakened one)
+    .venv/bin/python benchmarks/rl_before_after.py --untrained "short-fewshot=runs/baseline_dev/agent" \
+        --untrained "short-2shot=runs/baseline_2shot/agent" --after runs/rl_read_eval/agent \
+        --also "stage-1 RL (configs/rl.toml)=runs/rl_eval/agent" --out benchmarks/results/rl_read_before_after.json
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--label", default="agent after RL")
+    ap.add_argument("--untrained", action="append", default=[], metavar="LABEL=DIR",
+                    help="untrained agent run(s); default: <before>/agent. The best one is the reference.")
+    ap.add_argument("--also", action="append", default=[], metavar="LABEL=DIR", help="other runs to list")
     ap.add_argument("--out", default="benchmarks/results/rl_before_after.json")
     args = ap.parse_args()
     from sleuth.evals.tasks import load_tasks
@@ -74,7 +81,16 @@ def main() -> None:
     questions = {t.id: t.question for t in tasks}
     ids = set(questions)
     modes = {name: args.before / name for name in ("closed-book", "rag", "agent")}
-    modes["agent (untrained)"] = modes.pop("agent")
+    untrained_runs = dict(u.split("=", 1) for u in args.untrained) or {"": str(modes["agent"])}
+    modes.pop("agent")
+    untrained_names = []
+    for label, path in untrained_runs.items():
+        name = f"agent (untrained{', ' + label if label else ''})"
+        modes[name] = Path(path)
+        untrained_names.append(name)
+    for spec in args.also:
+        label, path = spec.split("=", 1)
+        modes[label] = Path(path)
     modes[args.label] = args.after
     res = {}
     for name, path in modes.items():
@@ -83,17 +99,19 @@ def main() -> None:
     n_cmp = sum(bool(COMPARISON.search(q)) for q in questions.values())
     out = {"tasks": f"dev, first {args.n} after shuffling with seed 0 (RL holdout)", "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res}
-    after, rag, untrained = res[args.label]["all"], res["rag"]["all"], res["agent (untrained)"]["all"]
+    best = max(untrained_names, key=lambda n: res[n]["all"]["pass@1"])
+    after, rag, untrained = res[args.label]["all"], res["rag"]["all"], res[best]["all"]
+    out["untrained_reference"] = best
     out["ratios"] = {
         "after_vs_rag_pass@1": round(after["pass@1"] / rag["pass@1"], 2) if rag["pass@1"] else None,
         "after_vs_untrained_agent_pass@1": round(after["pass@1"] / untrained["pass@1"], 2)
         if untrained["pass@1"] else None}
     Path(args.out).write_text(json.dumps(out, indent=2))
-    print(f"{'mode':22s} {'split':10s} {'q':>3s} {'pass@1':>7s} {'pass@4':>7s} {'EM':>6s} {'F1':>6s} {'cover':>6s} "
+    print(f"{'mode':34s} {'split':10s} {'q':>3s} {'pass@1':>7s} {'pass@4':>7s} {'EM':>6s} {'F1':>6s} {'cover':>6s} "
           f"{'answered':>8s} {'steps':>5s} {'queries':>7s}")
     for name, splits in res.items():
         for split, r in splits.items():
-            print(f"{name:22s} {split:10s} {r['questions']:3d} {r['pass@1']:7.3f} {r[f'pass@{args.k}']:7.3f} "
+            print(f"{name:34s} {split:10s} {r['questions']:3d} {r['pass@1']:7.3f} {r[f'pass@{args.k}']:7.3f} "
                   f"{r['em']:6.3f} {r['f1']:6.3f} {r['cover']:6.3f} {r['answered']:8.3f} {r['steps']:5.2f} "
                   f"{r['search_queries']:7.2f}")
     print(f"coin flip on the {n_cmp} comparison questions: pass@1 {out['coin_flip_pass@1']:.3f} overall")

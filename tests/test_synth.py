@@ -415,3 +415,10 @@ def test_cli_writes_tasks_and_summary(tmp_path):
     assert out.read_text().strip() and (tmp_path / "t.funnel.json").is_file()
     r = CliRunner().invoke(app, ["synth", "--corpus", str(corpus), "--hops", "7", "--out", str(out)])
     assert r.exit_code != 0 and "hops" in r.output
+
+
+def test_a_venue_date_range_is_not_a_lifespan():
+    pr = profile(P("n1", "The Rat Cellar", "The Rat Cellar (1977 – 2003) was a punk rock nightclub in Boston."))
+    assert not pr.is_person and not {"birth_year", "death_year"} & set(pr.facts)
+    pr = profile(P("p1", "Ann Gray", "Ann Gray (1977 – 2003) was an American punk rock singer."))
+    assert pr.is_person and pr.facts["death_year"].value == "2003"

@@ -181,7 +181,10 @@ NON_PERSON_HEADS = {
     "famine", "flood", "earthquake", "occupation", "invasion", "genocide", "massacre", "persecution",
     "reformation", "renaissance", "enlightenment", "culture", "civilization", "civilisation", "style", "house",
     "family", "clan", "order", "society", "association", "federation", "confederation", "alliance", "caliphate",
-    "sultanate", "emirate", "principality", "duchy", "county", "shogunate", "protectorate", "mandate"}
+    "sultanate", "emirate", "principality", "duchy", "county", "shogunate", "protectorate", "mandate",
+    # venues and businesses open and close: "(1977 – 2003)" after a nightclub is not a lifespan
+    "nightclub", "venue", "bar", "pub", "restaurant", "hotel", "theatre", "theater", "cinema", "store", "shop",
+    "brand", "label", "studio", "airline", "bank", "firm", "business", "franchise", "arena", "stadium"}
 PLACE_HEADS = {"town", "city", "village", "municipality", "commune", "suburb", "neighborhood", "neighbourhood",
                "district", "county", "parish", "hamlet", "borough", "community", "township", "settlement",
                "locality", "place", "island", "capital", "port", "region", "province", "area", "resort",

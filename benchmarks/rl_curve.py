@@ -54,6 +54,19 @@ def main() -> None:
             by_type[kind][0] += 1
             by_type[kind][1] += bool(r["verdict"]["correct"] and r["verdict"].get("grounded", True))
     summary["second_half_rollouts"] = {k: {"rollouts": n, "correct": c} for k, (n, c) in by_type.items()}
+    # And by source, per half: synthetic tasks (`sleuth synth` ids) vs dev questions.
+    by_src: dict = {}
+    for line in (rollouts.read_text().splitlines() if rollouts.exists() else []):
+        r = json.loads(line)
+        key = ("second_half" if r["iteration"] > half else "first_half",
+               "synthetic" if r["task_id"].startswith("synth-") else "dev")
+        c = by_src.setdefault(key, {"rollouts": 0, "correct": 0, "f1_sum": 0.0})
+        c["rollouts"] += 1
+        c["correct"] += bool(r["verdict"]["correct"] and r["verdict"].get("grounded", True))
+        c["f1_sum"] += r["verdict"].get("f1", 0.0)
+    summary["rollouts_by_source"] = {
+        f"{h}/{src}": {"rollouts": c["rollouts"], "correct": c["correct"],
+                       "mean_f1": round(c["f1_sum"] / c["rollouts"], 4)} for (h, src), c in sorted(by_src.items())}
     config = json.loads((args.run / "config.json").read_text()) if (args.run / "config.json").exists() else {}
     out = {"run": str(args.run), "iterations": n, "config": config, "summary": summary,
            "total_hours": round(sum(r.get("iteration_seconds", 0) for r in rows) / 3600, 2), "curves": curves}

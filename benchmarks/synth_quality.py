@@ -172,6 +172,9 @@ def main() -> None:
     ap.add_argument("--mix", default=None, help="candidate shares per type, e.g. lookup=1 (default: the "
                     "pipeline's bridge/comparison/reasoning mix)")
     ap.add_argument("--sample", type=int, default=100)
+    ap.add_argument("--exclude-trained", type=Path, default=None, metavar="RUN_DIR",
+                    help="leave out questions a `sleuth train` run rolled out (its rollouts.jsonl), so solve "
+                         "rates are measured on tasks the policy never trained on")
     ap.add_argument("--solve", type=int, default=0, help="tasks for the closed-book vs with-tools hook")
     ap.add_argument("--model", default=None)
     ap.add_argument("--base-url", default=None)
@@ -199,6 +202,12 @@ def main() -> None:
         print(f"{s['name']:<12} {s['status']:<8} {s['in']:>6} {s['out']:>6}  {s['rejected'] or s['note']}")
     print(f"kept: {f['kept']} of {f['candidates']} candidates: {f['kept_by_dataset']}")
 
+    if args.exclude_trained is not None:
+        seen = {json.loads(line)["question"] for line in
+                (args.exclude_trained / "rollouts.jsonl").read_text().splitlines() if line.strip()}
+        before = len(tasks)
+        tasks = [t for t in tasks if t.question not in seen]
+        print(f"left out {before - len(tasks)} tasks the run in {args.exclude_trained} trained on")
     rng = random.Random(args.seed)
     sample = rng.sample(tasks, min(args.sample, len(tasks)))
     spans = span_checks(sample, passages)

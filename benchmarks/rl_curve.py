@@ -44,26 +44,25 @@ def main() -> None:
     summary = {k: {"first_half": mean(k, rows[:half]), "second_half": mean(k, rows[half:])}
                for k in ("mean_reward", "accuracy", "f1", "answered_rate", "format_errors_per_traj", "entropy",
                          "mean_steps", "search_rate")}
-    # Which questions the second half's correct rollouts came from: "A or B?" comparisons vs the rest.
+    # Where the correct rollouts came from: the second half's "A or B?" comparisons vs the rest, and each
+    # half's synthetic tasks (`sleuth synth` ids) vs dev questions.
     by_type = {"comparison": [0, 0], "open": [0, 0]}
+    by_src: dict = {}
     rollouts = args.run / "rollouts.jsonl"
     for line in (rollouts.read_text().splitlines() if rollouts.exists() else []):
         r = json.loads(line)
+        correct = bool(r["verdict"]["correct"] and r["verdict"].get("grounded", True))
         if r["iteration"] > half:
             kind = "comparison" if re.search(r"\bor\b", r["question"]) else "open"
             by_type[kind][0] += 1
-            by_type[kind][1] += bool(r["verdict"]["correct"] and r["verdict"].get("grounded", True))
-    summary["second_half_rollouts"] = {k: {"rollouts": n, "correct": c} for k, (n, c) in by_type.items()}
-    # And by source, per half: synthetic tasks (`sleuth synth` ids) vs dev questions.
-    by_src: dict = {}
-    for line in (rollouts.read_text().splitlines() if rollouts.exists() else []):
-        r = json.loads(line)
+            by_type[kind][1] += correct
         key = ("second_half" if r["iteration"] > half else "first_half",
                "synthetic" if r["task_id"].startswith("synth-") else "dev")
         c = by_src.setdefault(key, {"rollouts": 0, "correct": 0, "f1_sum": 0.0})
         c["rollouts"] += 1
-        c["correct"] += bool(r["verdict"]["correct"] and r["verdict"].get("grounded", True))
+        c["correct"] += correct
         c["f1_sum"] += r["verdict"].get("f1", 0.0)
+    summary["second_half_rollouts"] = {k: {"rollouts": n, "correct": c} for k, (n, c) in by_type.items()}
     summary["rollouts_by_source"] = {
         f"{h}/{src}": {"rollouts": c["rollouts"], "correct": c["correct"],
                        "mean_f1": round(c["f1_sum"] / c["rollouts"], 4)} for (h, src), c in sorted(by_src.items())}

@@ -739,6 +739,12 @@ def _supporting(g: LinkGraph, pids: Iterable[str]) -> tuple[list[str], list[str]
     return pids, [g.passages[p].title for p in pids]
 
 
+def _askable_facts(prof: Profile) -> list[Fact]:
+    """The profile's facts a question can ask for — a date rather than its bare year when both exist."""
+    facts = [prof.facts[f] for f in BRIDGE_FACTS if f in prof.facts]
+    return [f for f in facts if not (f.name.endswith("_year") and f.name.replace("_year", "_date") in prof.facts)]
+
+
 def generate_bridges(g: LinkGraph, n: int, hops: int, rng: random.Random, stats: GenStats,
                      cloze_mode: str = "auto", max_attempts: int | None = None) -> Iterator[Task]:
     """Up to n bridge questions of the given hop count."""
@@ -755,11 +761,7 @@ def generate_bridges(g: LinkGraph, n: int, hops: int, rng: random.Random, stats:
             break
         stats.attempts[key] += 1
         last = rng.choice(finals)
-        facts = [g.profiles[last].facts[f] for f in BRIDGE_FACTS if f in g.profiles[last].facts]
-        # Ask for a date rather than its bare year when both exist.
-        facts = [f for f in facts if not (f.name.endswith("_year") and f.name.replace("_year", "_date")
-                                          in g.profiles[last].facts)]
-        fact = rng.choice(facts)
+        fact = rng.choice(_askable_facts(g.profiles[last]))
         chain = builder.walk_back(last, hops)
         if chain is None:
             stats.rejected[f"{key}:no_path"] += 1
@@ -811,9 +813,7 @@ def generate_lookups(g: LinkGraph, n: int, rng: random.Random, stats: GenStats,
         stats.attempts["lookup"] += 1
         pid = rng.choice(pool)
         pr = g.profiles[pid]
-        facts = [pr.facts[f] for f in BRIDGE_FACTS if f in pr.facts]
-        facts = [f for f in facts if not (f.name.endswith("_year") and f.name.replace("_year", "_date") in pr.facts)]
-        fact = rng.choice(facts)
+        fact = rng.choice(_askable_facts(pr))
         if (pid, fact.name) in seen:
             stats.rejected["lookup:duplicate"] += 1
             continue

@@ -2,12 +2,17 @@
 
 * gamma-decay on/off: steps per correct trajectory (decay rewards early success, so it should fall faster);
 * negative-sample control on/off: policy entropy per iteration (dropping some failures keeps entropy up).
+* with ``--l2``: the k1.5-style L2 term τ/2·(logπ − logπ_old)² on/off. It only acts on tokens the current
+  weights did not sample, so these variants run with partial rollouts (1 agent step per iteration; the
+  rest of a trajectory continues under newer weights) and importance-weighted stale tokens
+  (``off_policy="is"``); written to rl_l2_ablation.json/.png.
 
 Each variant runs with several seeds; the script prints the curves' summaries, writes
 benchmarks/results/rl_ablations.json and plots benchmarks/results/rl_ablations.png.
 The toy task: reach a task-specific target token within 1–3 steps of 3 sampled tokens each.
 
     .venv/bin/python benchmarks/rl_ablations.py [--iterations 40] [--seeds 3]
+    .venv/bin/python benchmarks/rl_ablations.py --l2 --out benchmarks/results/rl_l2_ablation.json
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +37,13 @@ VARIANTS = {
     "no gamma-decay": dict(gamma_decay=False, negative_drop_frac=0.5),
     "no negative-sample control": dict(gamma_decay=True, negative_drop_frac=0.0),
 }
+# Partial rollouts with importance-weighted old tokens: the setting where logπ and logπ_old differ.
+L2_VARIANTS = {
+    f"partial rollouts, IS, L2 tau={tau:g}": dict(gamma_decay=True, negative_drop_frac=0.5, step_budget=1,
+                                                   off_policy="is", l2_tau=tau)
+    for tau in (0.0, 0.1, 1.0)
+}
+KEYS = ("accuracy", "steps_per_correct", "entropy", "old_token_frac")
 
 
 def run(variant: dict, seed: int, iterations: int) -> list[dict]:
@@ -39,7 +52,8 @@ def run(variant: dict, seed: int, iterations: int) -> list[dict]:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    cfg = toy_config(seed=seed, negative_drop_frac=variant["negative_drop_frac"], lr=3e-3)
+    cfg = toy_config(seed=seed, negative_drop_frac=variant["negative_drop_frac"], lr=3e-3,
+                     off_policy=variant.get("off_policy", "mask"), l2_tau=variant.get("l2_tau", 0.0))
     cfg.reward.gamma = 0.5
     cfg.reward.gamma_decay = variant["gamma_decay"]
     cfg.reward.budget_penalty = 0.0
@@ -49,12 +63,15 @@ def run(variant: dict, seed: int, iterations: int) -> list[dict]:
     buffer, cursor, rows = ReplayBuffer(), 0, []
     for _ in range(iterations):
         policy.version = trainer.version
-        groups, cursor, _ = collect(env, policy, buffer, cursor, cfg.tasks_per_iteration, cfg.group_size)
+        groups, cursor, _ = collect(env, policy, buffer, cursor, cfg.tasks_per_iteration, cfg.group_size,
+                                    variant.get("step_budget"))
         trajs = [t for g in groups for t in g]
         ok = [t for t in trajs if env.correct(t)]
         m = trainer.step([[Scored(t, env.correct(t)) for t in g] for g in groups])
-        rows.append({"accuracy": len(ok) / len(trajs), "steps_per_correct": float(np.mean([t.steps for t in ok]))
-                     if ok else float("nan"), "entropy": m.get("entropy", float("nan"))})
+        rows.append({"accuracy": len(ok) / len(trajs) if trajs else float("nan"),
+                     "steps_per_correct": float(np.mean([t.steps for t in ok])) if ok else float("nan"),
+                     "entropy": m.get("entropy", float("nan")),
+                     "old_token_frac": m.get("old_tokens", 0.0) / max(m.get("tokens", 0.0), 1.0)})
     return rows
 
 
@@ -63,27 +80,33 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=40)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--out", default="benchmarks/results/rl_ablations.json")
+    ap.add_argument("--l2", action="store_true", help="run the L2-term variants instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    variants = L2_VARIANTS if args.l2 else VARIANTS
+    keys = KEYS if args.l2 else KEYS[:3]
     curves = {}
-    for name, v in VARIANTS.items():
+    for name, v in variants.items():
         runs = [run(v, s, args.iterations) for s in range(args.seeds)]
-        curves[name] = {k: np.nanmean([[r[k] for r in rs] for rs in runs], axis=0).round(4).tolist()
-                        for k in ("accuracy", "steps_per_correct", "entropy")}
+        with warnings.catch_warnings():   # an iteration where no seed finished a group averages to nan
+            warnings.simplefilter("ignore", RuntimeWarning)
+            curves[name] = {k: np.nanmean([[r[k] for r in rs] for rs in runs], axis=0).round(4).tolist()
+                            for k in keys}
         last = slice(-10, None)
         c = curves[name]
-        print(f"{name:36s} accuracy(last10) {np.mean(c['accuracy'][last]):.3f}  steps/correct(last10) "
+        print(f"{name:36s} accuracy(last10) {np.nanmean(c['accuracy'][last]):.3f}  steps/correct(last10) "
               f"{np.nanmean(c['steps_per_correct'][last]):.2f}  entropy first→last "
-              f"{c['entropy'][0]:.3f}→{np.nanmean(c['entropy'][last]):.3f}")
+              f"{next(e for e in c['entropy'] if e == e):.3f}→{np.nanmean(c['entropy'][last]):.3f}"
+              + (f"  old-token share {np.nanmean(c['old_token_frac']):.3f}" if args.l2 else ""))
     Path(args.out).write_text(json.dumps({"iterations": args.iterations, "seeds": args.seeds,
-                                          "variants": VARIANTS, "curves": curves}, indent=2))
+                                          "variants": variants, "curves": curves}, indent=2))
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.7 * len(keys), 3.6))
     for name, c in curves.items():
-        for ax, key in zip(axes, ("accuracy", "steps_per_correct", "entropy")):
+        for ax, key in zip(axes, keys):
             ax.plot(range(1, args.iterations + 1), c[key], label=name)
             ax.set_title(key.replace("_", " "))
             ax.set_xlabel("iteration")

@@ -161,6 +161,76 @@ def test_tiny_top_p_is_greedy(policy, prompts, greedy):
     assert [g.token_ids for g in gens] == [g.token_ids[:10] for g in greedy[:2]]
 
 
+def _agent_steps(policy, prompts, obs_tokens, steps=3):
+    """Greedy multi-step continuation as the agent does it: prompt + generated ids + an observation."""
+    seqs, out = [list(p) for p in prompts], []
+    for step in range(steps):
+        live = seqs if step % 2 == 0 else seqs[:2]   # ragged: not every row continues every step
+        gens = policy.generate(live, SamplingParams(max_new_tokens=12, temperature=0))
+        for i, g in enumerate(gens):
+            out.append((g.token_ids, g.logprobs))
+            live[i] += g.token_ids + obs_tokens * (i + 1)
+    return out
+
+
+@pytest.mark.slow
+def test_prefix_cache_continuations_equal_full_prefill(policy, prompts):
+    from sleuth.policy.kvcache import PrefixCache
+
+    obs = policy.tokenizer.encode("\nObservation: [1] a search result about the question.\n")
+    saved = policy.prefix_cache
+    try:
+        policy.prefix_cache = None
+        ref = _agent_steps(policy, prompts, obs)
+        policy.prefix_cache = PrefixCache()
+        got = _agent_steps(policy, prompts, obs)
+        pc = policy.prefix_cache
+    finally:
+        policy.prefix_cache = saved
+    assert pc.hits > pc.misses > 0   # later steps prefill only the observation
+    for (t_ref, lp_ref), (t, lp) in zip(ref, got):
+        assert t == t_ref
+        assert lp == pytest.approx(lp_ref, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_prefix_cache_is_dropped_when_weights_change(policy, prompts):
+    from sleuth.policy.kvcache import PrefixCache
+
+    saved = policy.prefix_cache
+    policy.prefix_cache = pc = PrefixCache()
+    try:
+        first = policy.generate(prompts[:1], SamplingParams(max_new_tokens=4, temperature=0))[0]
+        again = prompts[0] + first.token_ids
+        policy.generate([again], SamplingParams(max_new_tokens=1, temperature=0))
+        assert pc.hits == len(again) - 1
+        with torch.no_grad():   # an in-place update (what an optimizer step does), values unchanged
+            next(policy.model.parameters()).mul_(1.0)
+        policy.generate([again], SamplingParams(max_new_tokens=1, temperature=0))
+        assert pc.hits == len(again) - 1 and len(pc) == 1   # recomputed, not served from the old weights
+    finally:
+        policy.prefix_cache = saved
+
+
+def test_prefix_cache_lookup_store_and_eviction():
+    from sleuth.policy.kvcache import PrefixCache
+
+    def kv(n):
+        return [(torch.arange(n, dtype=torch.float32)[None, :, None], torch.zeros(1, n, 1))]
+
+    pc = PrefixCache(max_tokens=50, min_reuse=3)
+    pc.store(list(range(20)), kv(20))
+    assert pc.lookup(list(range(10)) + [99]) == (10, 0)
+    assert pc.lookup(list(range(20))) == (19, 0)   # one token is always left to prefill
+    assert pc.lookup([0, 1, 99]) == (0, None)      # below min_reuse
+    assert pc.kv(0, 5)[0][0].flatten().tolist() == [0, 1, 2, 3, 4]
+    pc.store(list(range(25)), kv(25))              # extends entry 0: supersedes it
+    assert len(pc) == 1 and pc.cached_tokens == 25
+    pc.store([7] * 20, kv(20))
+    pc.store([8] * 20, kv(20))                     # over 50 tokens: the least recently used goes
+    assert len(pc) == 2 and pc.cached_tokens == 40 and pc.lookup(list(range(30)))[1] is None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("bad", [[], [[]], ["hello"], [[1, "x"]], [[-1]], [[10**9]], "hello", [[True]]])
 def test_invalid_prompts_give_clear_errors(policy, bad):

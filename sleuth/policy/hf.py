@@ -25,6 +25,7 @@ import torch
 
 from sleuth import paths
 from sleuth.policy.base import Generation, SamplingParams
+from sleuth.policy.kvcache import PrefixCache, weights_key
 
 log = logging.getLogger(__name__)
 
@@ -125,13 +126,15 @@ class HFPolicy:
     """A transformers causal LM behind the TokenPolicy protocol."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "hf", version: int = 0,
-                 drop_finished: bool = True) -> None:
+                 drop_finished: bool = True, prefix_cache: bool = True) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
         self.version = int(version)
         self.drop_finished = drop_finished   # drop finished rows from the batch (False: keep, ignore them)
         self.min_shared_prefix = 32          # share the KV cache of a common prompt prefix at least this long
+        # Reuse the KV of earlier calls' rows for prompts that continue them (agent steps): see kvcache.py.
+        self.prefix_cache: PrefixCache | None = PrefixCache() if prefix_cache else None
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
@@ -250,29 +253,20 @@ class HFPolicy:
 
     def _run(self, prompts: list[list[int]], params: SamplingParams, budget: int,
              out_ids: list[list[int]], out_lp: list[list[float]], reasons: list[str]) -> None:
-        from transformers import DynamicCache
-
         dev = self.device
-        cache = DynamicCache(config=self.model.config)
-        # Shared prefix (system prompt, worked example): prefill it once and share its KV cache across the
-        # batch; every row then only prefills its own suffix. Layout per row: [prefix | pads | suffix].
-        shared = _common_prefix(prompts) if len(prompts) > 1 else 0
-        shared = shared if shared >= self.min_shared_prefix else 0
-        if shared:
-            head = torch.tensor([prompts[0][:shared]], device=dev)
-            self.model(input_ids=head, position_ids=torch.arange(shared, device=dev)[None], past_key_values=cache,
-                       use_cache=True, logits_to_keep=1)
-            cache.batch_repeat_interleave(len(prompts))
-        suffixes = [p[shared:] for p in prompts]
-        width = max(len(p) for p in suffixes)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
-        mask[:, :shared] = 1
-        for i, p in enumerate(suffixes):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, shared + width - len(p):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # real tokens count 0.. from their own first token
+        pc = self.prefix_cache
+        reuse = [(0, None)] * len(prompts)
+        if pc is not None:
+            pc.validate(weights_key(self.model))
+            reuse = [pc.lookup(p) for p in prompts]
+        if any(eid is not None for _, eid in reuse):
+            cache, ids, mask, pos = self._layout_cached(prompts, reuse)
+        else:
+            cache, ids, mask, pos = self._layout_shared(prompts)
+        if pc is not None:
+            n_reused = sum(n for n, _ in reuse)
+            pc.hits += n_reused
+            pc.misses += sum(len(p) for p in prompts) - n_reused
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1, :]
         rows = list(range(len(prompts)))            # batch row -> original prompt index
@@ -297,6 +291,10 @@ class HFPolicy:
             if not keep or step == budget - 1:
                 break
             if self.drop_finished and len(keep) < len(rows):
+                if pc is not None:
+                    kept = set(keep)
+                    self._remember(cache, mask, [(b, r) for b, r in enumerate(rows) if b not in kept], prompts,
+                                   out_ids)
                 sel = torch.tensor(keep, device=dev)
                 cache.batch_select_indices(sel)
                 mask, next_pos, tok = mask[sel], next_pos[sel], tok[sel]
@@ -305,6 +303,81 @@ class HFPolicy:
             logits = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
                                 past_key_values=cache, use_cache=True).logits[:, -1, :]
             next_pos = next_pos + 1
+        if pc is not None:
+            self._remember(cache, mask, list(enumerate(rows)), prompts, out_ids)
+
+    def _layout_shared(self, prompts: list[list[int]]):
+        """Fresh prompts: prefill a common prefix (system prompt, worked example) once, share its KV across
+        the batch; every row then prefills only its own suffix. Layout per row: [prefix | pads | suffix]."""
+        from transformers import DynamicCache
+
+        dev = self.device
+        cache = DynamicCache(config=self.model.config)
+        shared = _common_prefix(prompts) if len(prompts) > 1 else 0
+        shared = shared if shared >= self.min_shared_prefix else 0
+        if shared:
+            head = torch.tensor([prompts[0][:shared]], device=dev)
+            self.model(input_ids=head, position_ids=torch.arange(shared, device=dev)[None], past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
+            cache.batch_repeat_interleave(len(prompts))
+        suffixes = [p[shared:] for p in prompts]
+        width = max(len(p) for p in suffixes)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, p in enumerate(suffixes):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, shared + width - len(p):] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]  # real tokens count 0.. from their own first token
+        return cache, ids, mask, pos
+
+    def _layout_cached(self, prompts: list[list[int]], reuse: list[tuple[int, int | None]]):
+        """Prompts continuing cached rows: row i takes the first n_i positions' KV from the prefix cache and
+        prefills the rest. Layout per row: [pads | cached n_i | pads | new suffix]; pads are masked out and
+        position ids count real tokens only, so every token sees exactly its own sequence."""
+        from transformers import DynamicCache
+
+        dev, pc = self.device, self.prefix_cache
+        assert pc is not None
+        b = len(prompts)
+        c = max(n for n, _ in reuse)
+        suffixes = [p[n:] for p, (n, _) in zip(prompts, reuse)]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, c + width), dtype=torch.long)
+        per_row = [pc.kv(eid, n) if eid is not None else None for n, eid in reuse]
+        template = next(kv for kv in per_row if kv is not None)
+        layers = []
+        for li, (k0, v0) in enumerate(template):
+            keys = k0.new_zeros((b, k0.shape[0], c, k0.shape[2]))
+            values = v0.new_zeros((b, v0.shape[0], c, v0.shape[2]))
+            for i, kv in enumerate(per_row):
+                if kv is not None:
+                    n = kv[li][0].shape[1]
+                    keys[i, :, c - n:] = kv[li][0]
+                    values[i, :, c - n:] = kv[li][1]
+            layers.append((keys, values))
+        for i, ((n, _), s) in enumerate(zip(reuse, suffixes)):
+            mask[i, c - n:c] = 1
+            ids[i, width - len(s):] = torch.tensor(s)
+            mask[i, c + width - len(s):] = 1
+        cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+        ids, mask = ids.to(dev), mask.to(dev)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, c:]
+        return cache, ids, mask, pos
+
+    def _remember(self, cache: Any, mask: torch.Tensor, rows: list[tuple[int, int]], prompts: list[list[int]],
+                  out_ids: list[list[int]]) -> None:
+        """Store batch rows (batch index, prompt index) in the prefix cache: the KV of their real positions,
+        i.e. the prompt and the generated tokens fed so far (the last sampled token never was)."""
+        assert self.prefix_cache is not None
+        for b, r in rows:
+            idx = mask[b].nonzero().squeeze(-1)
+            tokens = (prompts[r] + out_ids[r])[:len(idx)]
+            idx = idx[:len(tokens)]
+            kv = [(layer.keys[b][:, idx].clone(), layer.values[b][:, idx].clone()) for layer in cache.layers]
+            self.prefix_cache.store(tokens, kv)
 
     def _hit_stop(self, ids: list[int], stops: list[str], window: int) -> bool:
         # Only the tail can hold a stop string completed by the newest token; earlier hits already stopped.

@@ -8,8 +8,9 @@ iteration waits for the tail.
 Setup (the real rollout machinery: `sleuth.rl.toy.collect`, `ReplayBuffer`, group holding, version tags,
 eviction): every agent step is one real batched generation of `--tokens-per-step` tokens over each
 trajectory's whole context (re-read each step, as the agent loop does), by the embedded SmolLM2-135M through
-`HFPolicy.generate` (`--engine smol`, the engine real rollouts use here) or by a randomly initialised tiny
-Llama without KV cache (`--engine toy`). What is simulated is only WHEN a trajectory finishes: each
+`HFPolicy.generate` (`--engine smol`, the engine real rollouts use here; its prefix cache reuses a row's KV
+from the previous step unless `--no-prefix-cache`, and is emptied after every iteration as a weight update
+would) or by a randomly initialised tiny Llama without KV cache (`--engine toy`). What is simulated is only WHEN a trajectory finishes: each
 (task, member) draws its length in steps from a log-normal (median `--median-steps`, sigma `--sigma`, capped
 at `--max-steps`), so the length distribution is long-tailed by construction. Weights are frozen (the
 version is bumped each iteration as an update would), so both modes sample the same work; the update itself
@@ -96,7 +97,9 @@ def run_mode(args, policy: ToyPolicy, budget: int | None) -> dict:
         finished += sum(len(g) for g in groups)
         lengths += [t.steps for g in groups for t in g]
         iterations += 1
-        policy.version += 1           # an update would happen here
+        policy.version += 1           # an update would happen here...
+        if getattr(policy, "prefix_cache", None) is not None:
+            policy.prefix_cache.clear()   # ...and change the weights: cached KV is stale, resumed rows re-prefill
     seconds = time.perf_counter() - t0
     per = args.tasks * args.group
     return {"seconds": seconds, "iterations": iterations, "finished": finished, "evicted": evicted,
@@ -120,6 +123,8 @@ def main() -> None:
     ap.add_argument("--engine", default="smol", choices=["smol", "toy"],
                     help="smol: the embedded SmolLM2-135M with the agent's batched KV-cache generation (prefix "
                          "reuse, finished rows dropped); toy: a random tiny Llama without KV cache")
+    ap.add_argument("--no-prefix-cache", action="store_true",
+                    help="smol: prefill every row's whole context at every step (no KV reuse across steps)")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
@@ -132,6 +137,8 @@ def main() -> None:
     if args.engine == "smol":
         from sleuth.policy.hf import HFPolicy
         policy = HFPolicy.load()      # token ids 0..63 are valid SmolLM2 ids; the env only counts steps
+        if args.no_prefix_cache:
+            policy.prefix_cache = None
     else:
         model = tiny_llama(vocab=64, hidden=args.hidden, layers=args.layers, seed=args.seed)
         model.config.max_position_embeddings = max(model.config.max_position_embeddings,

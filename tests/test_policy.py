@@ -194,6 +194,28 @@ def test_prefix_cache_continuations_equal_full_prefill(policy, prompts):
 
 
 @pytest.mark.slow
+def test_bucketed_prefill_of_mixed_lengths_equals_one_padded_prefill(policy, prompts):
+    from sleuth.policy.kvcache import PrefixCache
+
+    long = prompts[1] + prompts[3] * 4       # a resumed long context beside short fresh prompts
+    batch = [long, prompts[0], prompts[2], prompts[3]]
+    params = SamplingParams(max_new_tokens=8, temperature=0)
+    saved = policy.prefix_cache
+    try:
+        policy.prefix_cache = None
+        ref = policy.generate(batch, params)
+        policy.prefix_cache = PrefixCache()
+        assert policy._prefill_in_buckets(batch, [(0, None)] * len(batch))   # this batch is bucketed
+        policy.prefix_cache = PrefixCache()
+        got = policy.generate(batch, params)
+    finally:
+        policy.prefix_cache = saved
+    for a, b in zip(ref, got):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+@pytest.mark.slow
 def test_prefix_cache_is_dropped_when_weights_change(policy, prompts):
     from sleuth.policy.kvcache import PrefixCache
 
@@ -218,14 +240,14 @@ def test_prefix_cache_lookup_store_and_eviction():
     def kv(n):
         return [(torch.arange(n, dtype=torch.float32)[None, :, None], torch.zeros(1, n, 1))]
 
-    pc = PrefixCache(max_tokens=50, min_reuse=3)
+    pc = PrefixCache(max_bytes=50 * 8, min_reuse=3)   # 8 bytes per position: one float32 key + one value
     pc.store(list(range(20)), kv(20))
     assert pc.lookup(list(range(10)) + [99]) == (10, 0)
     assert pc.lookup(list(range(20))) == (19, 0)   # one token is always left to prefill
     assert pc.lookup([0, 1, 99]) == (0, None)      # below min_reuse
     assert pc.kv(0, 5)[0][0].flatten().tolist() == [0, 1, 2, 3, 4]
     pc.store(list(range(25)), kv(25))              # extends entry 0: supersedes it
-    assert len(pc) == 1 and pc.cached_tokens == 25
+    assert len(pc) == 1 and pc.cached_tokens == 25 and pc.cached_bytes == 25 * 8
     pc.store([7] * 20, kv(20))
     pc.store([8] * 20, kv(20))                     # over 50 tokens: the least recently used goes
     assert len(pc) == 2 and pc.cached_tokens == 40 and pc.lookup(list(range(30)))[1] is None

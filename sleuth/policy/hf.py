@@ -3,6 +3,8 @@
 ``HFPolicy.generate`` advances every row of a batch together: prompts are left-padded, the whole batch is
 prefilled once, then each step feeds one token per live row through a shared ``DynamicCache``. Rows that
 finish are dropped from the batch (cache rows included), so a long straggler does not pay for the rest.
+Rows are remembered in a prefix cache (``kvcache.PrefixCache``): the next agent step, whose prompt extends
+a remembered row, prefills only its new tokens (the tool observation) instead of the whole context.
 
 Log-probs: for each sampled token we return ``log_softmax(logits / T)[token]`` — the log-probability under
 the temperature-T distribution the token was drawn from (raw ``log_softmax(logits)`` when greedy, T = 0).
@@ -135,6 +137,7 @@ class HFPolicy:
         self.min_shared_prefix = 32          # share the KV cache of a common prompt prefix at least this long
         # Reuse the KV of earlier calls' rows for prompts that continue them (agent steps): see kvcache.py.
         self.prefix_cache: PrefixCache | None = PrefixCache() if prefix_cache else None
+        self.pad_slack = 1.5   # prefill in length buckets when one joint prefill would pad more than this
         self.device = next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
@@ -259,14 +262,15 @@ class HFPolicy:
         if pc is not None:
             pc.validate(weights_key(self.model))
             reuse = [pc.lookup(p) for p in prompts]
+            n_reused = sum(n for n, _ in reuse)   # counted before this call's own bucketed prefill
+            pc.hits += n_reused
+            pc.misses += sum(len(p) for p in prompts) - n_reused
+            if self._prefill_in_buckets(prompts, reuse):
+                reuse = [pc.lookup(p) for p in prompts]
         if any(eid is not None for _, eid in reuse):
             cache, ids, mask, pos = self._layout_cached(prompts, reuse)
         else:
             cache, ids, mask, pos = self._layout_shared(prompts)
-        if pc is not None:
-            n_reused = sum(n for n, _ in reuse)
-            pc.hits += n_reused
-            pc.misses += sum(len(p) for p in prompts) - n_reused
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1, :]
         rows = list(range(len(prompts)))            # batch row -> original prompt index
@@ -305,6 +309,38 @@ class HFPolicy:
             next_pos = next_pos + 1
         if pc is not None:
             self._remember(cache, mask, list(enumerate(rows)), prompts, out_ids)
+
+    def _prefill_in_buckets(self, prompts: list[list[int]], reuse: list[tuple[int, int | None]]) -> bool:
+        """Rows whose uncached parts differ much in length (a resumed long trajectory beside fresh short ones)
+        would all be padded to the longest in one joint prefill. Instead prefill them into the prefix cache
+        in buckets of similar length (padding at most ``pad_slack`` x the real tokens), leaving each row's
+        last token for the joint pass. Returns whether anything was prefilled."""
+        todo = [len(p) - n for p, (n, _) in zip(prompts, reuse)]
+        if max(todo) * len(prompts) <= self.pad_slack * sum(todo) or max(todo) < 2 * self.min_shared_prefix:
+            return False
+        order = sorted(range(len(prompts)), key=lambda i: -todo[i])
+        buckets: list[list[int]] = [[]]
+        for i in order:
+            cur = buckets[-1]
+            if cur and todo[cur[0]] * (len(cur) + 1) > self.pad_slack * (sum(todo[j] for j in cur) + todo[i]):
+                buckets.append([i])
+            else:
+                cur.append(i)
+        if len(buckets) == 1:
+            return False
+        for bucket in buckets:
+            if todo[bucket[0]] <= self.min_shared_prefix:   # short remainders: the joint pass takes them
+                break
+            heads = [prompts[i][:-1] for i in bucket]
+            sub_reuse = [self.prefix_cache.lookup(h) for h in heads]
+            if any(eid is not None for _, eid in sub_reuse):
+                cache, ids, mask, pos = self._layout_cached(heads, sub_reuse)
+            else:
+                cache, ids, mask, pos = self._layout_shared(heads)
+            self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1)
+            self._remember(cache, mask, list(enumerate(range(len(heads)))), heads, [[] for _ in heads])
+        return True
 
     def _layout_shared(self, prompts: list[list[int]]):
         """Fresh prompts: prefill a common prefix (system prompt, worked example) once, share its KV across

@@ -25,15 +25,17 @@ import torch
 class _Entry:
     tokens: np.ndarray                          # the token ids whose KV is stored
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each [heads, len, head_dim]
+    size: int                                    # bytes
 
 
 class PrefixCache:
-    def __init__(self, max_tokens: int = 32768, min_reuse: int = 16):
-        self.max_tokens = max_tokens   # total cached positions (SmolLM2-135M fp32: ~46 KB each)
+    def __init__(self, max_bytes: int = 4 << 30, min_reuse: int = 16):
+        self.max_bytes = max_bytes     # KV memory kept (SmolLM2-135M fp32: ~46 KB per position, ~90k positions)
         self.min_reuse = min_reuse     # shorter matches are not worth a separate cache layout
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._next_id = 0
         self._tokens = 0
+        self._bytes = 0
         self._weights_key: object = None
         self.hits = 0                  # prompt tokens served from the cache
         self.misses = 0                # prompt tokens prefilled
@@ -45,9 +47,13 @@ class PrefixCache:
     def cached_tokens(self) -> int:
         return self._tokens
 
+    @property
+    def cached_bytes(self) -> int:
+        return self._bytes
+
     def clear(self) -> None:
         self._entries.clear()
-        self._tokens = 0
+        self._tokens = self._bytes = 0
 
     def validate(self, weights_key: object) -> None:
         """Drop everything if the weights changed since the entries were computed."""
@@ -81,17 +87,23 @@ class PrefixCache:
     def store(self, tokens: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Add a row; entries it extends (their tokens are a prefix of it) are superseded and dropped."""
         t = np.asarray(tokens, dtype=np.int64)
-        if len(t) > self.max_tokens:
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+        if size > self.max_bytes:
             return
         for eid in [eid for eid, e in self._entries.items()
                     if len(e.tokens) <= len(t) and np.array_equal(e.tokens, t[:len(e.tokens)])]:
-            self._tokens -= len(self._entries.pop(eid).tokens)
-        self._entries[self._next_id] = _Entry(t, kv)
+            self._drop(eid)
+        self._entries[self._next_id] = _Entry(t, kv, size)
         self._next_id += 1
         self._tokens += len(t)
-        while self._tokens > self.max_tokens:
-            _, old = self._entries.popitem(last=False)   # least recently used
-            self._tokens -= len(old.tokens)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))   # least recently used
+
+    def _drop(self, eid: int) -> None:
+        e = self._entries.pop(eid)
+        self._tokens -= len(e.tokens)
+        self._bytes -= e.size
 
 
 def weights_key(model: torch.nn.Module) -> tuple[int, int]:

@@ -17,6 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+import sys
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout, no install needed
 from sleuth.evals.loaders import BENCHMARKS, load_benchmark
 from sleuth.paths import shared_data
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout, no install needed
 from sleuth import paths
 from sleuth.policy.base import SamplingParams
 from sleuth.policy.openai_policy import OpenAIPolicy, PolicyError

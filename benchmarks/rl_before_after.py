@@ -13,6 +13,10 @@ the two candidates (no model at all).
     .venv/bin/python benchmarks/rl_before_after.py --untrained "short-fewshot=runs/baseline_dev/agent" \
         --untrained "short-2shot=runs/baseline_2shot/agent" --after runs/rl_read_eval/agent \
         --also "stage-1 RL (configs/rl.toml)=runs/rl_eval/agent" --out benchmarks/results/rl_read_before_after.json
+    # the earlier runs' records are gone (a fresh checkout): take their rows from an earlier result of this
+    # script (same harness, tasks and samples) and evaluate only the new run
+    .venv/bin/python benchmarks/rl_before_after.py --reference benchmarks/results/rl_read_before_after.json \
+        --after runs/rl_read_dev_eval/agent --label "reading RL, 1:1 dev" --out benchmarks/results/x.json
 """
 
 from __future__ import annotations
@@ -73,6 +77,9 @@ def main() -> None:
     ap.add_argument("--untrained", action="append", default=[], metavar="LABEL=DIR",
                     help="untrained agent run(s); default: <before>/agent. The best one is the reference.")
     ap.add_argument("--also", action="append", default=[], metavar="LABEL=DIR", help="other runs to list")
+    ap.add_argument("--reference", type=Path, default=None,
+                    help="an earlier result JSON of this script: its rows (closed-book, RAG, untrained and other "
+                         "agents) are reused instead of --before/--untrained/--also records")
     ap.add_argument("--out", default="benchmarks/results/rl_before_after.json")
     args = ap.parse_args()
     from sleuth.evals.tasks import load_tasks
@@ -80,25 +87,33 @@ def main() -> None:
     tasks = load_tasks("dev", limit=args.n, seed=0)
     questions = {t.id: t.question for t in tasks}
     ids = set(questions)
-    modes = {name: args.before / name for name in ("closed-book", "rag", "agent")}
-    untrained_runs = dict(u.split("=", 1) for u in args.untrained) or {"": str(modes["agent"])}
-    modes.pop("agent")
-    untrained_names = []
-    for label, path in untrained_runs.items():
-        name = f"agent (untrained{', ' + label if label else ''})"
-        modes[name] = Path(path)
-        untrained_names.append(name)
-    for spec in args.also:
-        label, path = spec.split("=", 1)
-        modes[label] = Path(path)
-    modes[args.label] = args.after
-    res = {}
+    res, untrained_names = {}, []
+    if args.reference is not None:
+        ref = json.loads(args.reference.read_text())
+        if ref["tasks"] != f"dev, first {args.n} after shuffling with seed 0 (RL holdout)":
+            raise SystemExit(f"{args.reference} covers {ref['tasks']!r}, not the first {args.n} of the holdout")
+        res.update({name: rows for name, rows in ref["modes"].items() if name != args.label})
+        untrained_names = [name for name in res if name.startswith("agent (untrained")]
+        modes = {args.label: args.after}
+    else:
+        modes = {name: args.before / name for name in ("closed-book", "rag", "agent")}
+        untrained_runs = dict(u.split("=", 1) for u in args.untrained) or {"": str(modes["agent"])}
+        modes.pop("agent")
+        for label, path in untrained_runs.items():
+            name = f"agent (untrained{', ' + label if label else ''})"
+            modes[name] = Path(path)
+            untrained_names.append(name)
+        for spec in args.also:
+            label, path = spec.split("=", 1)
+            modes[label] = Path(path)
+        modes[args.label] = args.after
     for name, path in modes.items():
         recs = [r for r in load(path) if r["task_id"] in ids]
         res[name] = summarise(recs, questions, args.k)
     n_cmp = sum(bool(COMPARISON.search(q)) for q in questions.values())
     out = {"tasks": f"dev, first {args.n} after shuffling with seed 0 (RL holdout)", "comparison_questions": n_cmp,
-           "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res}
+           "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,
+           "reference": str(args.reference) if args.reference else None}
     best = max(untrained_names, key=lambda n: res[n]["all"]["pass@1"])
     after, rag, untrained = res[args.label]["all"], res["rag"]["all"], res[best]["all"]
     out["untrained_reference"] = best

@@ -422,3 +422,32 @@ def test_a_venue_date_range_is_not_a_lifespan():
     assert not pr.is_person and not {"birth_year", "death_year"} & set(pr.facts)
     pr = profile(P("p1", "Ann Gray", "Ann Gray (1977 – 2003) was an American punk rock singer."))
     assert pr.is_person and pr.facts["death_year"].value == "2003"
+
+
+@pytest.fixture(scope="module")
+def wiki_graph() -> LinkGraph:
+    """A link graph over the first 6,000 real passages of the shared corpus (skipped without it)."""
+    from sleuth.corpus import load_jsonl
+    from sleuth.paths import shared_data
+
+    path = shared_data() / "corpus" / "passages.jsonl.gz"
+    if not path.is_file():
+        pytest.skip("shared corpus not present")
+    passages = [p for _, p in zip(range(6000), load_jsonl(path))]
+    return LinkGraph(passages)
+
+
+def test_balanced_lookups_ask_each_kind_of_fact_alike(wiki_graph):
+    from collections import Counter
+
+    from sleuth.synth.generate import FACT_KINDS
+
+    def kinds(balance: bool) -> Counter:
+        tasks = generate_lookups(wiki_graph, 200, random.Random(0), GenStats(), balance=balance)
+        return Counter(FACT_KINDS[t.metadata["fact"]] for t in tasks)
+
+    plain, balanced = kinds(False), kinds(True)
+    assert sum(plain.values()) == sum(balanced.values()) == 200
+    assert plain["date"] > 100                          # as the corpus states facts: mostly dates
+    assert set(balanced) == set(plain) and len(balanced) == 4
+    assert max(balanced.values()) < 2 * min(balanced.values())   # each kind about a quarter

@@ -38,6 +38,9 @@ def register(app: typer.Typer) -> None:
         mix: Optional[str] = typer.Option(None, "--mix", help="Share of candidates per type, e.g. "
                                           "lookup=1 or bridge=0.55,comparison=0.2,reasoning=0.25 (the default); "
                                           "lookup = single-hop questions, the easy end of a curriculum."),
+        balance_lookups: bool = typer.Option(False, "--balance-lookups",
+                                             help="Lookups: ask dates, creators, locations and populations "
+                                             "equally often (default: as the corpus states them, mostly dates)."),
         closed_book: bool = typer.Option(True, "--closed-book/--no-closed-book",
                                          help="Reject tasks the policy answers without tools."),
         pass_at: int = typer.Option(0, "--pass-at", help="N agent attempts per task for the pass@N filter "
@@ -69,7 +72,7 @@ def register(app: typer.Typer) -> None:
             cfg = SynthConfig(n=n, seed=seed, hops=_parse_hops(hops), **extra, closed_book=closed_book,
                               pass_n=pass_at, pass_min=pass_min, pass_max=pass_max,
                               eval_sets=tuple(eval_set or ("all",)), dedup_threshold=dedup_threshold, cloze=cloze,
-                              limit=limit)
+                              limit=limit, lookup_balance=balance_lookups)
             cfg.check()
         except ValueError as e:
             console.print(f"[red]{e}[/red]")

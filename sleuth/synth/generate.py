@@ -794,26 +794,41 @@ def generate_bridges(g: LinkGraph, n: int, hops: int, rng: random.Random, stats:
                       "hidden": sorted(set(hidden_titles)), "pattern": pattern})
 
 
+# What a lookup asks for, coarsely: most passages state a date, so a uniform pick over passages is mostly
+# dates, and a policy trained on them learns to answer any question with a date.
+FACT_KINDS = {"birth_date": "date", "birth_year": "date", "death_date": "date", "death_year": "date",
+              "release_year": "date", "founded_year": "date", "creator": "creator", "location": "location",
+              "population": "population"}
+
+
 def generate_lookups(g: LinkGraph, n: int, rng: random.Random, stats: GenStats,
-                     max_attempts: int | None = None) -> Iterator[Task]:
+                     max_attempts: int | None = None, balance: bool = False) -> Iterator[Task]:
     """Up to n single-hop questions: one fact of a passage, asked about its title ("When was X born?").
 
     The easy end of a curriculum: searching the named entity finds the passage that states the answer, so
-    a policy that searches and reads can solve it, one that guesses cannot."""
+    a policy that searches and reads can solve it, one that guesses cannot. With ``balance`` the kind of
+    fact asked (date, creator, location, population) is drawn uniformly first, then a passage stating one."""
     pool = [pid for pid in g.order
             if g.profiles[pid].type_phrase and len(g.by_title.get(g.passages[pid].title, [])) == 1
             and len(surface_of(g.passages[pid].title)) >= g.cfg.min_title_chars
             and any(f in g.profiles[pid].facts for f in BRIDGE_FACTS)]
     if not pool:
         return
+    by_kind: dict[str, list[int]] = {}
+    if balance:
+        for pid in pool:
+            for kind in {FACT_KINDS[f.name] for f in _askable_facts(g.profiles[pid])}:
+                by_kind.setdefault(kind, []).append(pid)
+    kinds = sorted(by_kind)
     made, seen = 0, set()
     for _ in range(max_attempts or n * 10):
         if made >= n:
             break
         stats.attempts["lookup"] += 1
-        pid = rng.choice(pool)
+        kind = rng.choice(kinds) if balance else None
+        pid = rng.choice(by_kind[kind] if kind else pool)
         pr = g.profiles[pid]
-        fact = rng.choice(_askable_facts(pr))
+        fact = rng.choice([f for f in _askable_facts(pr) if kind is None or FACT_KINDS[f.name] == kind])
         if (pid, fact.name) in seen:
             stats.rejected["lookup:duplicate"] += 1
             continue

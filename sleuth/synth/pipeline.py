@@ -38,6 +38,9 @@ class SynthConfig:
     mix: dict[str, float] = field(default_factory=lambda: {"bridge": 0.55, "comparison": 0.2, "reasoning": 0.25})
     """Share of candidates per task type: bridge, comparison, reasoning, and lookup (single-hop, the easy end
     of a curriculum; 0 by default)."""
+    lookup_balance: bool = False
+    """Lookups: draw the kind of fact asked (date, creator, location, population) uniformly before the passage
+    (otherwise most lookups ask for a date, the fact most passages state)."""
     reasoning_kinds: tuple[str, ...] = KINDS
     """Reasoning task kinds: age, years-between, difference, conversion."""
     cloze: str = "auto"
@@ -196,7 +199,8 @@ def synthesize(corpus: str | Path | Iterable[Passage], cfg: SynthConfig | None =
             for task in generate_bridges(graph, k, hops, rng, stats, cfg.cloze):
                 candidates.append(task)
                 prog.advance(gen_bar)
-        for task in generate_lookups(graph, quotas.get("lookup", 0), random.Random(f"{cfg.seed}-lookup"), stats):
+        for task in generate_lookups(graph, quotas.get("lookup", 0), random.Random(f"{cfg.seed}-lookup"), stats,
+                                     balance=cfg.lookup_balance):
             candidates.append(task)
             prog.advance(gen_bar)
         for task in generate_comparisons(graph, quotas.get("comparison", 0), random.Random(f"{cfg.seed}-cmp"), stats):

@@ -10,9 +10,10 @@ eviction): every agent step is one real batched generation of `--tokens-per-step
 trajectory's whole context (re-read each step, as the agent loop does), by the embedded SmolLM2-135M through
 `HFPolicy.generate` (`--engine smol`, the engine real rollouts use here; its prefix cache reuses a row's KV
 from the previous step unless `--no-prefix-cache`, and is emptied after every iteration as a weight update
-would) or by a randomly initialised tiny Llama without KV cache (`--engine toy`). What is simulated is only WHEN a trajectory finishes: each
-(task, member) draws its length in steps from a log-normal (median `--median-steps`, sigma `--sigma`, capped
-at `--max-steps`), so the length distribution is long-tailed by construction. Weights are frozen (the
+would) or by a randomly initialised tiny Llama without KV cache (`--engine toy`). What is simulated is only
+WHEN a trajectory finishes: each (task, member) draws its length in steps from a log-normal (median
+`--median-steps`, sigma `--sigma`, capped at `--max-steps`), so the length distribution is long-tailed by
+construction. Weights are frozen (the
 version is bumped each iteration as an update would), so both modes sample the same work; the update itself
 costs the same per finished sample in both modes and is left out.
 

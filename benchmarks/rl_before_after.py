@@ -87,10 +87,11 @@ def main() -> None:
     tasks = load_tasks("dev", limit=args.n, seed=0)
     questions = {t.id: t.question for t in tasks}
     ids = set(questions)
+    what = f"dev, first {args.n} after shuffling with seed 0 (RL holdout)"
     res, untrained_names = {}, []
     if args.reference is not None:
         ref = json.loads(args.reference.read_text())
-        if ref["tasks"] != f"dev, first {args.n} after shuffling with seed 0 (RL holdout)":
+        if ref["tasks"] != what:
             raise SystemExit(f"{args.reference} covers {ref['tasks']!r}, not the first {args.n} of the holdout")
         res.update({name: rows for name, rows in ref["modes"].items() if name != args.label})
         untrained_names = [name for name in res if name.startswith("agent (untrained")]
@@ -111,7 +112,7 @@ def main() -> None:
         recs = [r for r in load(path) if r["task_id"] in ids]
         res[name] = summarise(recs, questions, args.k)
     n_cmp = sum(bool(COMPARISON.search(q)) for q in questions.values())
-    out = {"tasks": f"dev, first {args.n} after shuffling with seed 0 (RL holdout)", "comparison_questions": n_cmp,
+    out = {"tasks": what, "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,
            "reference": str(args.reference) if args.reference else None}
     best = max(untrained_names, key=lambda n: res[n]["all"]["pass@1"])

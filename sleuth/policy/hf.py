@@ -267,10 +267,7 @@ class HFPolicy:
             pc.misses += sum(len(p) for p in prompts) - n_reused
             if self._prefill_in_buckets(prompts, reuse):
                 reuse = [pc.lookup(p) for p in prompts]
-        if any(eid is not None for _, eid in reuse):
-            cache, ids, mask, pos = self._layout_cached(prompts, reuse)
-        else:
-            cache, ids, mask, pos = self._layout_shared(prompts)
+        cache, ids, mask, pos = self._layout(prompts, reuse)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                             use_cache=True, logits_to_keep=1).logits[:, -1, :]
         rows = list(range(len(prompts)))            # batch row -> original prompt index
@@ -332,15 +329,17 @@ class HFPolicy:
             if todo[bucket[0]] <= self.min_shared_prefix:   # short remainders: the joint pass takes them
                 break
             heads = [prompts[i][:-1] for i in bucket]
-            sub_reuse = [self.prefix_cache.lookup(h) for h in heads]
-            if any(eid is not None for _, eid in sub_reuse):
-                cache, ids, mask, pos = self._layout_cached(heads, sub_reuse)
-            else:
-                cache, ids, mask, pos = self._layout_shared(heads)
+            cache, ids, mask, pos = self._layout(heads, [self.prefix_cache.lookup(h) for h in heads])
             self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                        use_cache=True, logits_to_keep=1)
             self._remember(cache, mask, list(enumerate(range(len(heads)))), heads, [[] for _ in heads])
         return True
+
+    def _layout(self, prompts: list[list[int]], reuse: list[tuple[int, int | None]]):
+        """(cache, ids, mask, position ids) for one prefill: cached rows when any prompt continues one."""
+        if any(eid is not None for _, eid in reuse):
+            return self._layout_cached(prompts, reuse)
+        return self._layout_shared(prompts)
 
     def _layout_shared(self, prompts: list[list[int]]):
         """Fresh prompts: prefill a common prefix (system prompt, worked example) once, share its KV across

@@ -104,3 +104,35 @@ def test_split_tasks_mixes_sources_filters_datasets_and_removes_the_holdout(tmp_
         split_tasks(load_run_config(None, tasks=[str(synth)], datasets=["dev-musique"]))
     with pytest.raises(FileNotFoundError, match="sleuth synth"):
         split_tasks(load_run_config(None, tasks=["dev", str(tmp_path / "missing.jsonl")]))
+
+
+def test_question_kind_separates_guessable_questions():
+    from sleuth.evals.tasks import Task, question_kind
+
+    def kind(q, a):
+        return question_kind(Task("t", q, [a], "x"))
+
+    assert kind("Who was born first, Heng Pov or Rajesh Bhola?", "Heng Pov") == "comparison"
+    assert kind("Are Sutera and Rhodotypos both types of shrub?", "no") == "yes/no"
+    assert kind("Was Paris founded before Rome?", "Yes.") == "yes/no"
+    assert kind("Which river flows through Paris?", "Seine") == "open"
+    assert kind("Who founded Oregon State University?", "Oregon legislature") == "open"   # "or" inside a word
+
+
+def test_train_filters_question_kinds_and_unreachable_tasks(setup, tmp_path):
+    from sleuth.index import open_index
+    from sleuth.rl.train import keep_reachable, load_run_config, split_tasks
+
+    root, model_dir, _ = setup
+    tasks = tmp_path / "t.jsonl"
+    tasks.write_text("".join(json.dumps({"id": f"t{i}", "question": q, "answers": [a]}) + "\n" for i, (q, a) in
+                             enumerate([("Capital of France?", "Paris"), ("Capital of Spain?", "Madrid"),
+                                        ("River of Rome?", "Tiber"), ("Is Rome in Italy?", "yes"),
+                                        ("Paris or Berlin: capital of Germany?", "Berlin")])))
+    cfg = load_run_config(None, tasks=str(tasks), holdout=0, question_kinds=["open"])
+    kept, _ = split_tasks(cfg)
+    assert [t.id for t in kept] == ["t0", "t1", "t2"]
+    engine = open_index("c").engine("lexical")
+    assert [t.id for t in keep_reachable(kept, engine, k=2)] == ["t0", "t2"]   # no passage mentions Madrid
+    with pytest.raises(ValueError, match="unknown question_kinds"):
+        split_tasks(load_run_config(None, tasks=str(tasks), holdout=0, question_kinds=["bridge"]))

@@ -6,6 +6,7 @@ names joined by commas, or the path of the user's own JSONL / JSON / CSV / TSV f
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -93,3 +94,18 @@ def load_tasks(path_or_name: str | Path, limit: int | None = None,
                 f"no task of {spec!r} belongs to datasets {sorted(wanted)}; available: {', '.join(have)}")
         tasks = kept
     return loaders.take(tasks, limit, seed)
+
+
+_CHOICE = re.compile(r"\bor\b", re.IGNORECASE)
+_YES_NO = {"yes", "no"}
+QUESTION_KINDS = ("open", "comparison", "yes/no")
+
+
+def question_kind(task: Task) -> str:
+    """"comparison" ("A or B?": naming either candidate is right half the time), "yes/no" (a gold answer of
+    yes or no), or "open" — so a report or a training mix can keep the guessable questions apart."""
+    if _CHOICE.search(task.question):
+        return "comparison"
+    if any(a.strip().lower().rstrip(".") in _YES_NO for a in task.answers):
+        return "yes/no"
+    return "open"

@@ -36,6 +36,13 @@ class RunConfig:
     datasets: list[str] | None = None
     """Only train on these datasets (None = all): a task's `dataset` ("dev-nq", "synth-comparison") or
     source dataset ("nq"). With several task sources, each keeps what matches; at least one must match."""
+    question_kinds: list[str] | None = None
+    """Only train on these kinds of question (None = all): "open", "comparison", "yes/no"
+    (`sleuth.evals.tasks.question_kind`). Leaving out comparison and yes/no questions keeps a gain on
+    dev from coming out of guessing between the candidates a question names."""
+    reachable_k: int = 0
+    """Keep only tasks whose gold answer occurs in the top `reachable_k` results of searching the question
+    itself (0 = keep all): a task no search brings the answer of gives a group of zeros, i.e. no signal."""
     curriculum: bool = True
     """Order training tasks from easy (single-hop) to hard."""
     model: str | None = None
@@ -78,7 +85,7 @@ def split_tasks(cfg: RunConfig):
     """Training tasks minus the evaluation holdout (and any near-identical question)."""
     from sleuth.evals.judges import normalize_answer
     from sleuth.evals.loaders import QA_FILE_SUFFIXES
-    from sleuth.evals.tasks import in_datasets, load_tasks
+    from sleuth.evals.tasks import QUESTION_KINDS, in_datasets, load_tasks, question_kind
 
     held = load_tasks(cfg.holdout_benchmark, limit=cfg.holdout, seed=cfg.holdout_seed) if cfg.holdout else []
     held_ids = {t.id for t in held}
@@ -91,11 +98,31 @@ def split_tasks(cfg: RunConfig):
     loaded = [t for src in sources for t in load_tasks(src)]
     if cfg.datasets is not None:
         loaded = [t for t in loaded if in_datasets(t, set(cfg.datasets))]
+    if cfg.question_kinds is not None:
+        unknown = set(cfg.question_kinds) - set(QUESTION_KINDS)
+        if unknown:
+            raise ValueError(f"unknown question_kinds {sorted(unknown)}; valid: {', '.join(QUESTION_KINDS)}")
+        loaded = [t for t in loaded if question_kind(t) in cfg.question_kinds]
     tasks = [t for t in loaded if t.id not in held_ids and normalize_answer(t.question) not in held_q]
     if not tasks:
         raise ValueError(f"no training tasks left in {cfg.tasks!r} (datasets {cfg.datasets}) after removing "
                          "the holdout")
     return tasks, held
+
+
+def keep_reachable(tasks, engine, k: int, batch: int = 64):
+    """The tasks whose gold answer (normalised) occurs in the title or snippet of one of the top-k results
+    of searching the task's question verbatim — a cheap check that the environment can show the answer."""
+    from sleuth.evals.judges import normalize_answer
+
+    kept = []
+    for i in range(0, len(tasks), batch):
+        chunk = tasks[i:i + batch]
+        for t, resp in zip(chunk, engine.search_batch([t.question for t in chunk], k=k)):
+            seen = normalize_answer(" ".join(f"{r.title} {r.snippet}" for r in resp.results[:k]))
+            if any((a := normalize_answer(g)) and f" {a} " in f" {seen} " for g in t.answers):
+                kept.append(t)
+    return kept
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iterations: int | None = None,
@@ -134,9 +161,16 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     policy = HFPolicy(trainer.model, base.tokenizer, name=f"{base.name}-rl", version=trainer.version)
 
     tasks, held = split_tasks(cfg)
-    tasks = curriculum_order(tasks, rl.seed, cfg.curriculum)
     env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k,
                                  tools=("search", "browse"))
+    if cfg.reachable_k:
+        n = len(tasks)
+        tasks = keep_reachable(tasks, env.search_engine, cfg.reachable_k)
+        log(f"reachable: {len(tasks)} of {n} tasks have their answer in the top {cfg.reachable_k} results "
+            "for their question")
+        if not tasks:
+            raise ValueError(f"no training task has its answer in the top {cfg.reachable_k} search results")
+    tasks = curriculum_order(tasks, rl.seed, cfg.curriculum)
     acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=rl.temperature,
                        prompt=cfg.prompt)
     rollout = AgentRollout(policy, env, acfg, tasks, make_judge(cfg.judge),

@@ -3,6 +3,7 @@
 Reads the per-sample records `benchmarks/baseline_dev.py` wrote for the untrained modes (closed-book, RAG,
 agent) and for the trained agent, and reports, overall and split by question type:
   * comparison — "A or B?" questions, where naming either candidate is right half the time by luck;
+  * yes/no — a gold answer of yes or no (a coin flip again), its own split unless --reference rows are reused;
   * open — every other question.
 A gain that lives only in the comparison split is a choice between two names the question already gives,
 not reading; the split keeps that visible. `coin_flip` is the expected pass@1 of answering a random one of
@@ -39,14 +40,13 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "records.jsonl").read_text().splitlines() if line.strip()]
 
 
-def summarise(records: list[dict], questions: dict[str, str], k: int) -> dict:
+def summarise(records: list[dict], kinds: dict[str, str], k: int) -> dict:
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_task[r["task_id"]].append(r)
     out = {}
-    for split in ("all", "comparison", "open"):
-        tids = [t for t in by_task if split == "all" or
-                (split == "comparison") == bool(COMPARISON.search(questions.get(t, "")))]
+    for split in ("all", *dict.fromkeys(kinds.values())):
+        tids = [t for t in by_task if split == "all" or kinds[t] == split]
         if not tids:
             continue
         recs = [r for t in tids for r in by_task[t]]
@@ -82,11 +82,18 @@ def main() -> None:
                          "agents) are reused instead of --before/--untrained/--also records")
     ap.add_argument("--out", default="benchmarks/results/rl_before_after.json")
     args = ap.parse_args()
-    from sleuth.evals.tasks import load_tasks
+    from sleuth.evals.tasks import load_tasks, question_kind
 
     tasks = load_tasks("dev", limit=args.n, seed=0)
     questions = {t.id: t.question for t in tasks}
     ids = set(questions)
+    # Reused reference rows were split in two (comparison / everything else); a new row must be split the
+    # same way to sit beside them. Without a reference, yes/no questions get their own split.
+    if args.reference is not None:
+        kinds = {t.id: "comparison" if COMPARISON.search(t.question) else "open" for t in tasks}
+    else:
+        kinds = {t.id: question_kind(t) for t in tasks}
+    kinds = dict(sorted(kinds.items(), key=lambda kv: ("comparison", "yes/no", "open").index(kv[1])))
     what = f"dev, first {args.n} after shuffling with seed 0 (RL holdout)"
     res, untrained_names = {}, []
     if args.reference is not None:
@@ -110,7 +117,7 @@ def main() -> None:
         modes[args.label] = args.after
     for name, path in modes.items():
         recs = [r for r in load(path) if r["task_id"] in ids]
-        res[name] = summarise(recs, questions, args.k)
+        res[name] = summarise(recs, kinds, args.k)
     n_cmp = sum(bool(COMPARISON.search(q)) for q in questions.values())
     out = {"tasks": what, "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,

@@ -40,7 +40,38 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "records.jsonl").read_text().splitlines() if line.strip()]
 
 
-def summarise(records: list[dict], kinds: dict[str, str], k: int) -> dict:
+def answer_shown(path: Path, tasks: dict, rag_engine) -> dict[tuple[str, int], bool]:
+    """(task id, sample) → whether a gold answer was in what the model was shown: the observations of an
+    agent's trajectory, or the passages RAG pasted (the same top-k for every sample). Correct answers among
+    shown ones measure reading; the share shown measures search."""
+    from sleuth.evals.baselines import rag_contexts
+    from sleuth.evals.judges import mentions
+
+    cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    shown = {}
+    if cfg.get("mode") == "rag" and rag_engine is not None:
+        ids = [t for t in tasks]
+        ctxs, _ = rag_contexts([tasks[t].question for t in ids], *rag_engine, k=cfg.get("rag_k", 5))
+        hit = {t: mentions(" ".join(f"{a} {b}" for a, b in c), tasks[t].answers) for t, c in zip(ids, ctxs)}
+        return {(t, s): hit[t] for t in ids for s in range(cfg.get("samples", 1))}
+    traj_file = path / "trajectories.jsonl"
+    if not traj_file.is_file():
+        return shown
+    for line in traj_file.read_text().splitlines():
+        tr = json.loads(line)
+        task = tasks.get(tr.get("task_id"))
+        if task is None:
+            continue
+        msgs = tr["messages"]
+        # observations after the task's own question (the few-shot examples before it have their own answers)
+        start = max(i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"] == task.question)
+        seen = " ".join(m["content"] for m in msgs[start + 1:] if m["role"] == "user")
+        shown[(task.id, tr["meta"].get("sample", 0))] = mentions(seen, task.answers)
+    return shown
+
+
+def summarise(records: list[dict], kinds: dict[str, str], k: int,
+              shown: dict[tuple[str, int], bool] | None = None) -> dict:
     by_task: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_task[r["task_id"]].append(r)
@@ -63,6 +94,11 @@ def summarise(records: list[dict], kinds: dict[str, str], k: int) -> dict:
         st = [r.get("stats", {}) for r in recs]
         for key in ("steps", "search_queries", "urls_opened", "format_errors"):
             row[key] = round(sum(s.get(key, 0) for s in st) / n, 3)
+        if shown:
+            hits = [r for r in recs if shown.get((r["task_id"], r["sample"]))]
+            row["answer_shown"] = round(len(hits) / n, 4)
+            row["correct_when_shown"] = round(sum(r["verdict"]["correct"] for r in hits) / len(hits), 4) \
+                if hits else None
         out[split] = row
     return out
 
@@ -80,6 +116,8 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, default=None,
                     help="an earlier result JSON of this script: its rows (closed-book, RAG, untrained and other "
                          "agents) are reused instead of --before/--untrained/--also records")
+    ap.add_argument("--index", default="passages",
+                    help="index RAG searched (baseline_dev.py: hybrid search over it), to rebuild its passages")
     ap.add_argument("--out", default="benchmarks/results/rl_before_after.json")
     args = ap.parse_args()
     from sleuth.evals.tasks import load_tasks, question_kind
@@ -104,7 +142,8 @@ def main() -> None:
         untrained_names = [name for name in res if name.startswith("agent (untrained")]
         modes = {args.label: args.after}
     else:
-        modes = {name: args.before / name for name in ("closed-book", "rag", "agent")}
+        modes = {name: args.before / name for name in ("closed-book", "rag", "agent")
+                 if name != "closed-book" or (args.before / name).is_dir()}   # closed-book: optional row
         untrained_runs = dict(u.split("=", 1) for u in args.untrained) or {"": str(modes["agent"])}
         modes.pop("agent")
         for label, path in untrained_runs.items():
@@ -115,9 +154,16 @@ def main() -> None:
             label, path = spec.split("=", 1)
             modes[label] = Path(path)
         modes[args.label] = args.after
+    by_id = {t.id: t for t in tasks}
+    rag_engine = None
+    if any(json.loads((p / "config.json").read_text()).get("mode") == "rag"
+           for p in modes.values() if (p / "config.json").is_file()):
+        from sleuth.agent import Environment
+        env = Environment.from_index(args.index, engine="hybrid")
+        rag_engine = (env.search_engine, next(iter(env.docstores.values())))
     for name, path in modes.items():
         recs = [r for r in load(path) if r["task_id"] in ids]
-        res[name] = summarise(recs, kinds, args.k)
+        res[name] = summarise(recs, kinds, args.k, answer_shown(path, by_id, rag_engine))
     n_cmp = sum(bool(COMPARISON.search(q)) for q in questions.values())
     out = {"tasks": what, "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,
@@ -137,6 +183,11 @@ def main() -> None:
             print(f"{name:34s} {split:10s} {r['questions']:3d} {r['pass@1']:7.3f} {r[f'pass@{args.k}']:7.3f} "
                   f"{r['em']:6.3f} {r['f1']:6.3f} {r['cover']:6.3f} {r['answered']:8.3f} {r['steps']:5.2f} "
                   f"{r['search_queries']:7.2f}")
+    for name, splits in res.items():
+        if "answer_shown" in splits.get("open", {}):
+            o = splits["open"]
+            print(f"{name}: open questions — answer shown in {o['answer_shown']:.1%} of samples, "
+                  f"correct in {o['correct_when_shown'] or 0:.1%} of those")
     print(f"coin flip on the {n_cmp} comparison questions: pass@1 {out['coin_flip_pass@1']:.3f} overall")
     print(json.dumps(out["ratios"]))
 

@@ -31,6 +31,27 @@ def _messages(question: str, passages: list[tuple[str, str]] | None) -> list[dic
             {"role": "user", "content": f"Passages:\n{ctx}\n\nQuestion: {question}"}]
 
 
+def rag_contexts(questions: list[str], engine, docs=None, k: int = 5, passage_chars: int = 600
+                 ) -> tuple[list[list[tuple[str, str]]], list[list[str]]]:
+    """The (title, text) passages RAG pastes for each question — the top-k results for the question, each
+    the passage's text when the docstore has it, cut to ``passage_chars`` — and their URLs."""
+    if engine is None:
+        raise ValueError("RAG needs a search engine (an index)")
+    ctxs, urls = [], []
+    for resp in engine.search_batch(questions, k):
+        rows, u = [], []
+        for r in resp.results[:k]:
+            text = r.snippet
+            if docs is not None and r.passage_id:
+                p = docs.get(r.passage_id)
+                text = p.text if p else text
+            rows.append((r.title, text[:passage_chars]))
+            u.append(r.url)
+        ctxs.append(rows)
+        urls.append(u)
+    return ctxs, urls
+
+
 def answer_batch(policy, questions: list[str], *, mode: str, engine=None, docs=None, k: int = 5,
                  passage_chars: int = 600, params: SamplingParams | None = None) -> list[BaselineAnswer]:
     """mode 'closed-book' or 'rag'. Token policies generate the whole batch together."""
@@ -40,18 +61,7 @@ def answer_batch(policy, questions: list[str], *, mode: str, engine=None, docs=N
     ctxs: list[list[tuple[str, str]] | None] = [None] * len(questions)
     urls: list[list[str]] = [[] for _ in questions]
     if mode == "rag":
-        if engine is None:
-            raise ValueError("RAG needs a search engine (an index)")
-        for i, resp in enumerate(engine.search_batch(questions, k)):
-            rows = []
-            for r in resp.results[:k]:
-                text = r.snippet
-                if docs is not None and r.passage_id:
-                    p = docs.get(r.passage_id)
-                    text = p.text if p else text
-                rows.append((r.title, text[:passage_chars]))
-                urls[i].append(r.url)
-            ctxs[i] = rows
+        ctxs, urls = rag_contexts(questions, engine, docs, k, passage_chars)
     msgs = [_messages(q, c) for q, c in zip(questions, ctxs)]
     if hasattr(policy, "generate") and hasattr(policy, "tokenizer"):
         tok = policy.tokenizer

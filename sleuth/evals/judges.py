@@ -59,6 +59,13 @@ def _gold_list(golds: str | Sequence[str]) -> list[str]:
     return [g for g in golds if g and str(g).strip()]
 
 
+def mentions(text: str | None, golds: str | Sequence[str]) -> bool:
+    """Whether any gold answer occurs, as whole normalised words, in ``text`` (e.g. the results an agent was
+    shown): the answer was there to be read."""
+    seen = f" {normalize_answer(text)} "
+    return any((g := normalize_answer(a)) and f" {g} " in seen for a in _gold_list(golds))
+
+
 def exact_match(pred: str | None, golds: str | Sequence[str]) -> float:
     p = answer_tokens(pred)
     return float(any(p == answer_tokens(g) for g in _gold_list(golds))) if p else 0.0

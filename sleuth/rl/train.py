@@ -113,14 +113,13 @@ def split_tasks(cfg: RunConfig):
 def keep_reachable(tasks, engine, k: int, batch: int = 64):
     """The tasks whose gold answer (normalised) occurs in the title or snippet of one of the top-k results
     of searching the task's question verbatim — a cheap check that the environment can show the answer."""
-    from sleuth.evals.judges import normalize_answer
+    from sleuth.evals.judges import mentions
 
     kept = []
     for i in range(0, len(tasks), batch):
         chunk = tasks[i:i + batch]
         for t, resp in zip(chunk, engine.search_batch([t.question for t in chunk], k=k)):
-            seen = normalize_answer(" ".join(f"{r.title} {r.snippet}" for r in resp.results[:k]))
-            if any((a := normalize_answer(g)) and f" {a} " in f" {seen} " for g in t.answers):
+            if mentions(" ".join(f"{r.title} {r.snippet}" for r in resp.results[:k]), t.answers):
                 kept.append(t)
     return kept
 

@@ -312,3 +312,12 @@ def test_llm_judge_over_an_openai_compatible_server(monkeypatch):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_mentions_needs_whole_normalised_words():
+    from sleuth.evals.judges import mentions
+
+    shown = "[1] Paris: Paris is the capital of France, on the Seine. Population 2,102,650."
+    assert mentions(shown, ["the Seine"]) and mentions(shown, ["nothing", "2,102,650"])
+    assert not mentions(shown, ["Sein"])            # a prefix of a word is not the answer
+    assert not mentions(shown, ["Berlin", ""]) and not mentions("", ["Paris"])

@@ -120,6 +120,7 @@ def main() -> None:
                     help="index RAG searched (baseline_dev.py: hybrid search over it), to rebuild its passages")
     ap.add_argument("--out", default="benchmarks/results/rl_before_after.json")
     args = ap.parse_args()
+    from sleuth.evals.judges import make_judge
     from sleuth.evals.tasks import load_tasks, question_kind
 
     tasks = load_tasks("dev", limit=args.n, seed=0)
@@ -161,8 +162,12 @@ def main() -> None:
         from sleuth.agent import Environment
         env = Environment.from_index(args.index, engine="hybrid")
         rag_engine = (env.search_engine, next(iter(env.docstores.values())))
+    judge = make_judge("cover")
     for name, path in modes.items():
         recs = [r for r in load(path) if r["task_id"] in ids]
+        for r in recs:   # judged again with today's judge, so every row computed here is judged alike
+            t = by_id[r["task_id"]]
+            r["verdict"] = judge.judge(t.question, r.get("answer"), t.answers).to_dict()
         res[name] = summarise(recs, kinds, args.k, answer_shown(path, by_id, rag_engine))
     n_cmp = sum(bool(COMPARISON.search(q)) for q in questions.values())
     out = {"tasks": what, "comparison_questions": n_cmp,

@@ -55,6 +55,9 @@ def test_question_candidates():
     assert question_candidates("In 2010, which is older, the Eiffel Tower or Big Ben?") == ["the Eiffel Tower",
                                                                                            "Big Ben"]
     assert question_candidates("Are both Dave Grohl and Kurt Cobain American?") == []
+    assert question_candidates("Who was born first out of Heng Pov and Rajesh Bhola?") == ["Heng Pov",
+                                                                                         "Rajesh Bhola"]
+    assert question_candidates("Which is older, between the Louvre and the Prado?") == ["the Louvre", "the Prado"]
     assert question_candidates("Who founded the company that makes the iPhone?") == []
     assert question_candidates("Which fast food restaurant opened first, McDonald's, Wendy's or In-and-Out?") \
         == ["McDonald's", "Wendy's", "In-and-Out"]
@@ -90,6 +93,9 @@ def test_cover_rejects_answers_naming_several_candidates():
     assert cover_match("yes and no", ["yes"], "Are both Dave Grohl and Kurt Cobain American?") == 0.0
     assert cover_match("Yes, it was Paris.", ["Paris"], "Can you name the capital of France?") == 1.0
     assert cover_match("1999 or 2000", ["1999"], "When was The Matrix released?") == 0.0
+    q = "Who was born first out of Heng Pov and Rajesh Bhola?"   # a choice without "or"
+    assert cover_match("born first out of Heng Pov and Rajesh Bhola", ["Heng Pov"], q) == 0.0
+    assert cover_match("Heng Pov", ["Heng Pov"], q) == 1.0
     score, why = cover_check("Mr. Fix-It or People Not As Bad As They Seem", G_FILMS, Q_FILMS)
     assert score == 0.0 and "Mr. Fix-It" in why
 

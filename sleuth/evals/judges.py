@@ -152,17 +152,30 @@ def _or_options(question: str) -> list[str]:
     return opts if len(opts) >= 2 else []   # an "X or Y" choice needs both sides
 
 
+# "Who was born first out of A and B?", "... between A and B?": a choice without an "or".
+_PAIR_TAIL = re.compile(r"\b(?:out of|between)\s+(.+?)\s+and\s+(.+?)\s*\?\s*$", re.I)
+
+
+def _pair_options(question: str) -> list[str]:
+    m = _PAIR_TAIL.search(question.strip())
+    if not m:
+        return []
+    opts = [o.strip(" \"',;:") for o in m.groups()]
+    return opts if all(_option_ok(o) for o in opts) else []
+
+
 def question_candidates(question: str) -> list[str]:
     """Answer options the question itself offers: "Which came first, A or B?" → ["A", "B"].
 
     Recognises lettered choices (lines "A. ..." / "B) ..."), "stem, A or B", "stem, A, B, or C",
-    "stem: A or B" and "either/between A or B". Returns [] when no options are recognisable.
+    "stem: A or B", "either/between A or B" and "out of / between A and B?" at the end of the question.
+    Returns [] when no options are recognisable.
     (Yes and no are candidates too when the gold is one of them; ``cover_check`` adds them.)
     """
     letters = _CHOICE_LINE.findall(question)
     if len(letters) >= 2 and len(set(letters)) == len(letters):
         return letters
-    return _or_options(question)
+    return _or_options(question) or _pair_options(question)
 
 
 # ------------------------------------------------------------------------------------- cover match

@@ -103,6 +103,29 @@ def summarise(records: list[dict], kinds: dict[str, str], k: int,
     return out
 
 
+def per_question_pass1(records: list[dict]) -> dict[str, float]:
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    for r in records:
+        by_task[r["task_id"]].append(bool(r["verdict"]["correct"]))
+    return {t: sum(v) / len(v) for t, v in by_task.items()}
+
+
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], tids: list[str], draws: int = 10_000,
+                     seed: int = 0) -> dict:
+    """Mean per-question pass@1 difference a − b with a 95% bootstrap interval over questions (resampled
+    with replacement, both runs on the same draw) and the share of draws where a does not beat b."""
+    import numpy as np
+
+    tids = [t for t in tids if t in a and t in b]
+    if not tids:
+        return {}
+    d = np.array([a[t] - b[t] for t in tids])
+    boot = d[np.random.default_rng(seed).integers(0, len(d), (draws, len(d)))].mean(axis=1)
+    return {"questions": len(tids), "diff": round(float(d.mean()), 4),
+            "ci95": [round(float(x), 4) for x in np.percentile(boot, [2.5, 97.5])],
+            "p_not_better": round(float((boot <= 0).mean()), 4)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--before", type=Path, default=Path("runs/baseline_dev"))
@@ -163,12 +186,14 @@ def main() -> None:
         env = Environment.from_index(args.index, engine="hybrid")
         rag_engine = (env.search_engine, next(iter(env.docstores.values())))
     judge = make_judge("cover")
+    per_q: dict[str, dict[str, float]] = {}
     for name, path in modes.items():
         recs = [r for r in load(path) if r["task_id"] in ids]
         for r in recs:   # judged again with today's judge, so every row computed here is judged alike
             t = by_id[r["task_id"]]
             r["verdict"] = judge.judge(t.question, r.get("answer"), t.answers).to_dict()
         res[name] = summarise(recs, kinds, args.k, answer_shown(path, by_id, rag_engine))
+        per_q[name] = per_question_pass1(recs)
     n_cmp = sum(bool(COMPARISON.search(q)) for q in questions.values())
     out = {"tasks": what, "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,
@@ -180,6 +205,11 @@ def main() -> None:
         "after_vs_rag_pass@1": round(after["pass@1"] / rag["pass@1"], 2) if rag["pass@1"] else None,
         "after_vs_untrained_agent_pass@1": round(after["pass@1"] / untrained["pass@1"], 2)
         if untrained["pass@1"] else None}
+    if "rag" in per_q:   # paired over questions: how sure is "after beats RAG" with this few questions?
+        out["after_minus_rag_pass@1"] = {
+            split: paired_bootstrap(per_q[args.label], per_q["rag"],
+                                    [t for t in ids if split == "all" or kinds[t] == split])
+            for split in ("all", *dict.fromkeys(kinds.values()))}
     Path(args.out).write_text(json.dumps(out, indent=2))
     print(f"{'mode':34s} {'split':10s} {'q':>3s} {'pass@1':>7s} {'pass@4':>7s} {'EM':>6s} {'F1':>6s} {'cover':>6s} "
           f"{'answered':>8s} {'steps':>5s} {'queries':>7s}")
@@ -193,6 +223,10 @@ def main() -> None:
             o = splits["open"]
             print(f"{name}: open questions — answer shown in {o['answer_shown']:.1%} of samples, "
                   f"correct in {o['correct_when_shown'] or 0:.1%} of those")
+    for split, b in out.get("after_minus_rag_pass@1", {}).items():
+        if b:
+            print(f"{args.label} − rag, {split}: pass@1 {b['diff']:+.3f} (95% CI {b['ci95'][0]:+.3f} … "
+                  f"{b['ci95'][1]:+.3f}, {b['questions']} questions; share of draws not better {b['p_not_better']:.3f})")
     print(f"coin flip on the {n_cmp} comparison questions: pass@1 {out['coin_flip_pass@1']:.3f} overall")
     print(json.dumps(out["ratios"]))
 

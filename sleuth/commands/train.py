@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         iterations: Optional[int] = typer.Option(None, "--iterations", help="Override rl.iterations."),
         tasks: Optional[str] = typer.Option(None, "--tasks", help="Benchmark name or task file."),
         model: Optional[str] = typer.Option(None, "--model"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Override rl.seed (task order and sampling)."),
         export: Optional[Path] = typer.Option(None, "--export",
                                               help="After training, write the policy to this model directory."),
     ) -> None:
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
 
         console = Console()
         try:
-            cfg = load_run_config(config, tasks=tasks, model=model)
+            cfg = load_run_config(config, tasks=tasks, model=model, **({"rl_seed": seed} if seed is not None else {}))
             out = out or Path(cfg.rl.out_dir)
             run_train(cfg, out, resume=resume, iterations=iterations, log=console.print)
         except (ValueError, FileNotFoundError) as e:

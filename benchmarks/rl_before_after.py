@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -33,28 +32,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sleuth.evals.metrics import pass_at_k  # noqa: E402
 
-COMPARISON = re.compile(r"\bor\b")
 
 
 def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "records.jsonl").read_text().splitlines() if line.strip()]
 
 
-def answer_shown(path: Path, tasks: dict, rag_engine) -> dict[tuple[str, int], bool]:
+def run_config(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+
+
+def answer_shown(path: Path, cfg: dict, tasks: dict, rag_engine) -> dict[tuple[str, int], bool]:
     """(task id, sample) → whether a gold answer was in what the model was shown: the observations of an
     agent's trajectory, or the passages RAG pasted (the same top-k for every sample). Correct answers among
     shown ones measure reading; the share shown measures search."""
     from sleuth.evals.baselines import rag_contexts
     from sleuth.evals.judges import mentions
 
-    cfg = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-    shown = {}
     if cfg.get("mode") == "rag" and rag_engine is not None:
-        ids = [t for t in tasks]
+        ids = list(tasks)
         ctxs, _ = rag_contexts([tasks[t].question for t in ids], *rag_engine, k=cfg.get("rag_k", 5))
         hit = {t: mentions(" ".join(f"{a} {b}" for a, b in c), tasks[t].answers) for t, c in zip(ids, ctxs)}
         return {(t, s): hit[t] for t in ids for s in range(cfg.get("samples", 1))}
     traj_file = path / "trajectories.jsonl"
+    shown = {}
     if not traj_file.is_file():
         return shown
     for line in traj_file.read_text().splitlines():
@@ -144,7 +145,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/rl_before_after.json")
     args = ap.parse_args()
     from sleuth.evals.judges import make_judge
-    from sleuth.evals.tasks import load_tasks, question_kind
+    from sleuth.evals.tasks import is_comparison, load_tasks, question_kind
 
     tasks = load_tasks("dev", limit=args.n, seed=0)
     questions = {t.id: t.question for t in tasks}
@@ -152,7 +153,7 @@ def main() -> None:
     # Reused reference rows were split in two (comparison / everything else); a new row must be split the
     # same way to sit beside them. Without a reference, yes/no questions get their own split.
     if args.reference is not None:
-        kinds = {t.id: "comparison" if COMPARISON.search(t.question) else "open" for t in tasks}
+        kinds = {t.id: "comparison" if is_comparison(t.question) else "open" for t in tasks}
     else:
         kinds = {t.id: question_kind(t) for t in tasks}
     kinds = dict(sorted(kinds.items(), key=lambda kv: ("comparison", "yes/no", "open").index(kv[1])))
@@ -180,8 +181,8 @@ def main() -> None:
         modes[args.label] = args.after
     by_id = {t.id: t for t in tasks}
     rag_engine = None
-    if any(json.loads((p / "config.json").read_text()).get("mode") == "rag"
-           for p in modes.values() if (p / "config.json").is_file()):
+    configs = {name: run_config(path) for name, path in modes.items()}
+    if any(c.get("mode") == "rag" for c in configs.values()):
         from sleuth.agent import Environment
         env = Environment.from_index(args.index, engine="hybrid")
         rag_engine = (env.search_engine, next(iter(env.docstores.values())))
@@ -192,9 +193,9 @@ def main() -> None:
         for r in recs:   # judged again with today's judge, so every row computed here is judged alike
             t = by_id[r["task_id"]]
             r["verdict"] = judge.judge(t.question, r.get("answer"), t.answers).to_dict()
-        res[name] = summarise(recs, kinds, args.k, answer_shown(path, by_id, rag_engine))
+        res[name] = summarise(recs, kinds, args.k, answer_shown(path, configs[name], by_id, rag_engine))
         per_q[name] = per_question_pass1(recs)
-    n_cmp = sum(bool(COMPARISON.search(q)) for q in questions.values())
+    n_cmp = sum(is_comparison(q) for q in questions.values())
     out = {"tasks": what, "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,
            "reference": str(args.reference) if args.reference else None}

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from rl_before_after import COMPARISON   # one definition of an "A or B?" question for both scripts
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sleuth.evals.tasks import is_comparison  # noqa: E402  one definition of an "A or B?" question
 
 KEYS = ("mean_reward", "accuracy", "f1", "answered_rate", "search_rate", "format_errors_per_traj", "entropy",
         "mean_steps", "skipped_groups", "grad_norm", "rollout_seconds", "update_seconds", "iteration_seconds",
@@ -54,7 +57,7 @@ def main() -> None:
         r = json.loads(line)
         correct = bool(r["verdict"]["correct"] and r["verdict"].get("grounded", True))
         if r["iteration"] > half:
-            kind = "comparison" if COMPARISON.search(r["question"]) else "open"
+            kind = "comparison" if is_comparison(r["question"]) else "open"
             by_type[kind][0] += 1
             by_type[kind][1] += correct
         key = ("second_half" if r["iteration"] > half else "first_half",

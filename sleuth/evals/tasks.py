@@ -101,10 +101,15 @@ _YES_NO = {"yes", "no"}
 QUESTION_KINDS = ("open", "comparison", "yes/no")
 
 
+def is_comparison(question: str) -> bool:
+    """An "A or B?" question: naming either candidate is right half the time."""
+    return bool(_CHOICE.search(question))
+
+
 def question_kind(task: Task) -> str:
-    """"comparison" ("A or B?": naming either candidate is right half the time), "yes/no" (a gold answer of
-    yes or no), or "open" — so a report or a training mix can keep the guessable questions apart."""
-    if _CHOICE.search(task.question):
+    """"comparison" (``is_comparison``), "yes/no" (a gold answer of yes or no), or "open" — so a report or a
+    training mix can keep the guessable questions apart."""
+    if is_comparison(task.question):
         return "comparison"
     if any(a.strip().lower().rstrip(".") in _YES_NO for a in task.answers):
         return "yes/no"

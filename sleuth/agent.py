@@ -409,33 +409,63 @@ class Agent:
         self.on_event(traj, "action", {"step": step, "tool": action.tool, "args": action.args,
                                        "thought": action.thought})
         res = run.session.call(action.tool, action.args)
-        self._record_seen(run, action, res)
         body = res.text
         if len(body) > self.cfg.obs_chars:
             body = body[:self.cfg.obs_chars] + "\n[observation truncated]"
+        self._record_seen(run, action, res, shown_chars=min(len(res.text), self.cfg.obs_chars))
         traj.tool_calls.append(ToolCallRecord(step, action.tool, action.args, res.ok, res.error,
                                               round(res.seconds, 4), len(res.text)))
         self.on_event(traj, "observation", {"step": step, "tool": action.tool, "ok": res.ok,
                                             "seconds": res.seconds, "error": res.error})
         return body
 
-    def _record_seen(self, run: _Run, action, res: ToolResult) -> None:
-        traj, data = run.traj, res.data or {}
+    def _record_seen(self, run: _Run, action, res: ToolResult, shown_chars: int) -> None:
+        """Record what the model was shown, per URL: exactly the part of each result or page that lies inside
+        the first ``shown_chars`` characters of the observation. Citations and the evidence reward are
+        checked against this, so text cut from the observation can never support an answer."""
+        traj, data, text = run.traj, res.data or {}, res.text
+
+        def visible(piece: str, start: int = 0) -> tuple[str, int]:
+            """The shown prefix of ``piece`` (found in the observation at or after ``start``), and its end."""
+            pos = text.find(piece, start) if piece else -1
+            if pos < 0:
+                return "", start
+            return piece[:max(0, shown_chars - pos)], pos + len(piece)
+
+        def add(url: str, seen_text: str) -> None:
+            run.seen[url] = run.seen.get(url, "") + "\n" + seen_text
+
         if action.tool == "search":
             traj.queries += list(action.args.get("queries", []))
+            cursor = 0
             for item in data.get("results", []):
                 url = item.get("url")
-                if url:
-                    run.seen[url] = run.seen.get(url, "") + "\n" + item.get("title", "") + "\n" + item.get("snippet", "")
-                    traj.urls_seen.append(url)
+                if not url:
+                    continue
+                pos = text.find(url, cursor)
+                if pos < 0 or pos >= shown_chars:        # this result did not make it into the observation
+                    continue
+                title_start = text.rfind(item.get("title", ""), cursor, pos) if item.get("title") else -1
+                title = item.get("title", "") if 0 <= title_start else ""
+                snippet, cursor = visible(item.get("snippet", ""), pos + len(url))
+                add(url, title + "\n" + snippet)
+                traj.urls_seen.append(url)
             if not data.get("results"):
                 for url in data.get("urls", []):  # without per-result text, the observation is what was shown
-                    run.seen[url] = run.seen.get(url, "") + "\n" + res.text
-                    traj.urls_seen.append(url)
+                    if 0 <= text.find(url) < shown_chars:
+                        add(url, text[:shown_chars])
+                        traj.urls_seen.append(url)
         elif action.tool == "browse" and res.ok:
             url = data.get("url") or action.args.get("url")
             traj.urls_opened.append(url)
-            # verify against what was actually shown (the page or find/goal excerpts), not the whole document
-            run.seen[url] = run.seen.get(url, "") + "\n" + (data.get("shown") or res.text)
+            # the page or find/goal excerpts as shown, not the whole document, and not past the cut
+            if data.get("shown"):      # line by line: find/goal excerpts are shown with page markers between
+                parts, cursor = [], 0
+                for line in data["shown"].split("\n"):
+                    part, cursor = visible(line.strip(), cursor)
+                    parts.append(part)
+                add(url, "\n".join(p for p in parts if p))
+            else:
+                add(url, text[:shown_chars])
             if action.args.get("url") and action.args["url"] != url:
                 run.seen[action.args["url"]] = run.seen[url]

@@ -180,3 +180,29 @@ def test_real_model_runs_the_loop(env, smol_policy):
         # logprobs recorded for sampled tokens are real log-probabilities
         assert all(lp <= 0 for lp, m in zip(seg.logprobs, seg.mask) if m)
         assert all(v == smol_policy.version for v, m in zip(seg.versions, seg.mask) if m)
+
+
+def test_seen_text_is_exactly_what_the_observation_showed(env, smol_tokenizer):
+    """Text cut from an observation (obs_chars) can support neither a citation nor the evidence check."""
+    full = env.session().call("search", {"queries": ["Jane Austen"]}).text
+    cut = full.index("Steventon")            # the observation ends just before the birthplace
+    replies = ["<search>Jane Austen</search>",
+               '<answer>Steventon<cite url="corpus://t/p1">born in Steventon</cite>'
+               '<cite url="corpus://t/p1">16 December 1775</cite></answer>']
+    traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig(obs_chars=cut)).run("Where?")
+    assert "Steventon" not in traj.messages[-2]["content"]          # the model never saw it ...
+    assert [c.quote for c in traj.citations] == ["16 December 1775"]  # ... so only the shown quote verifies
+    assert "does not occur" in traj.dropped_citations[0].reason
+    assert traj.meta["evidence_url"] is None                          # and the answer is not grounded
+    # with the whole result shown, the same answer is grounded
+    traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig()).run("Where?")
+    assert traj.meta["evidence_url"] == "corpus://t/p1" and len(traj.citations) == 2
+
+
+def test_browse_seen_text_stops_at_the_cut(env, smol_tokenizer):
+    full = env.session().call("browse", {"url": "corpus://t/p1"}).text
+    cut = full.index("She was born")
+    replies = ["<browse>corpus://t/p1</browse>", '<answer>Steventon<cite url="corpus://t/p1">novelist</cite>'
+               '<cite url="corpus://t/p1">born in Steventon</cite></answer>']
+    traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig(obs_chars=cut)).run("Where?")
+    assert [c.quote for c in traj.citations] == ["novelist"] and traj.meta["evidence_url"] is None

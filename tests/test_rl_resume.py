@@ -167,3 +167,38 @@ def test_latest_pruning_and_damaged_checkpoints(tmp_path):
     assert ck.load_latest(tmp_path).iteration == 2
     (tmp_path / "ckpt-00000009").mkdir()                                      # stray, empty
     assert ck.load_latest(tmp_path).iteration == 2
+
+
+def test_lora_export_loads_as_a_policy_and_continues(tmp_path):
+    """A LoRA run exports its adapter alone (float16, a few MB at most); `HFPolicy.load` applies it to the
+    recorded base model and gives the trained model's outputs; a LoRA run started from it continues it."""
+    from sleuth.policy.hf import HFPolicy
+    from sleuth.rl.train import export_policy
+
+    base = HFPolicy.load()
+    trainer = ReinforceTrainer(base.model, base.tokenizer, toy_config(lora_r=2, lora_alpha=4))
+    with torch.no_grad():                      # stand-in for training: a non-zero adapter
+        for n, p in trainer.model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn_like(p) * 0.05)
+    trainer.version = 7
+    ck.save(tmp_path, trainer, iteration=1)
+    (tmp_path / "config.json").write_text(json.dumps({"model": None}))
+    dest = export_policy(tmp_path, tmp_path / "export")
+    files = {p.name for p in dest.iterdir()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    assert all(v.dtype == torch.float16 for v in load_file(dest / "adapter_model.safetensors").values())
+
+    loaded = HFPolicy.load(dest)
+    assert loaded.version == 7 and loaded.name == "export"
+    ids = torch.tensor([base.tokenizer.encode("The capital of France is Paris.")])
+    with torch.no_grad():
+        want = trainer.model(input_ids=ids).logits
+        got = loaded.model(input_ids=ids).logits
+        plain = HFPolicy.load().model(input_ids=ids).logits
+    assert (want - plain).abs().max() > 1e-2            # the adapter changes the model ...
+    assert (want - got).abs().max() < 5e-3              # ... and the export reproduces it (float16 adapter)
+
+    unmerged = HFPolicy.load(dest, merge_adapter=False)  # the base alone, for a trainer continuing the adapter
+    with torch.no_grad():
+        assert torch.equal(unmerged.model(input_ids=ids).logits, plain)

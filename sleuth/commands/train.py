@@ -22,6 +22,9 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="Override rl.seed (task order and sampling)."),
         export: Optional[Path] = typer.Option(None, "--export",
                                               help="After training, write the policy to this model directory."),
+        recipe: Optional[Path] = typer.Option(None, "--recipe", help="Run (or resume) a whole recipe: task files, "
+                                              "stages, checkpoint selection, export (configs/recipe.toml "
+                                              "rebuilds the shipped policy)."),
     ) -> None:
         """Train the agent with RL on a task file; the result is usable by `ask --model` and `eval --model`."""
         from rich.console import Console
@@ -29,6 +32,14 @@ def register(app: typer.Typer) -> None:
         from sleuth.rl.train import export_policy, load_run_config, train as run_train
 
         console = Console()
+        if recipe is not None:
+            from sleuth.rl.recipe import run_recipe
+            try:
+                run_recipe(recipe, log=console.print)
+            except (ValueError, FileNotFoundError) as e:
+                console.print(f"[red]{e}[/red]")
+                raise typer.Exit(2)
+            return
         try:
             cfg = load_run_config(config, tasks=tasks, model=model, **({"rl_seed": seed} if seed is not None else {}))
             out = out or Path(cfg.rl.out_dir)

@@ -51,6 +51,28 @@ def _dtype(d: str | torch.dtype) -> torch.dtype:
     return table[d]
 
 
+def adapter_dir(spec: str | os.PathLike | None) -> Path | None:
+    """The directory when ``spec`` names a LoRA adapter (peft's ``adapter_config.json``), else None."""
+    if spec is None:
+        return None
+    p = Path(spec).expanduser()
+    return p if p.is_dir() and (p / "adapter_config.json").is_file() else None
+
+
+def _read_version(model_dir: Path) -> dict[str, Any]:
+    """``sleuth_version.json`` of a model or adapter directory ({} when absent): weight version, name, and for
+    an adapter the base model it was trained on (``None`` = the embedded model)."""
+    vfile = model_dir / VERSION_FILE
+    if not vfile.exists():
+        return {}
+    try:
+        meta = json.loads(vfile.read_text())
+        int(meta["version"])
+        return meta
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{vfile} is not valid ({e}); expected {{\"version\": <int>}}") from e
+
+
 def embedded_cache_dir() -> Path:
     """Where the safetensors copy of the embedded GGUF model lives (under SLEUTH_HOME)."""
     return paths.models_dir() / EMBEDDED_NAME
@@ -148,14 +170,26 @@ class HFPolicy:
     # ---------------------------------------------------------------- loading / saving
     @classmethod
     def load(cls, spec: str | os.PathLike | None = None, dtype: str | torch.dtype = "float32",
-             device: str | None = None) -> "HFPolicy":
-        """``None``/``'smollm2'`` -> the embedded SmolLM2-135M-Instruct; a path -> that model directory
-        (or a single ``.gguf`` file). Offline only: hub ids are not fetched."""
+             device: str | None = None, merge_adapter: bool = True) -> "HFPolicy":
+        """``None``/``'smollm2'``/``'base'`` -> the embedded SmolLM2-135M-Instruct; a path -> that model
+        directory (or a single ``.gguf`` file), or a LoRA adapter directory (``adapter_config.json``), which
+        is applied to its base model and merged (``merge_adapter=False``: the base model alone, for a trainer
+        that continues the adapter). Offline only: hub ids are not fetched."""
         _offline()
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        adapter = adapter_dir(spec)
+        if adapter is not None:
+            meta = _read_version(adapter)
+            base = cls.load(meta.get("base"), dtype=dtype, device=device)
+            if merge_adapter:
+                from peft import PeftModel
+                base.model = PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload()
+                base.model.to(_dtype(dtype))
+            base.name, base.version = meta.get("name") or adapter.name, int(meta.get("version", 0))
+            return base
         gguf_file = None
-        if spec is None or str(spec).lower() in ("smollm2", EMBEDDED_NAME):
+        if spec is None or str(spec).lower() in ("smollm2", "base", EMBEDDED_NAME):
             model_dir, name = ensure_embedded_checkpoint(), EMBEDDED_NAME
         else:
             p = Path(spec).expanduser()
@@ -175,13 +209,7 @@ class HFPolicy:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype), **kw)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(dev)
-        version = 0
-        vfile = Path(model_dir) / VERSION_FILE
-        if vfile.exists():
-            try:
-                version = int(json.loads(vfile.read_text())["version"])
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{vfile} is not valid ({e}); expected {{\"version\": <int>}}") from e
+        version = int(_read_version(Path(model_dir)).get("version", 0))
         return cls(model, tok, name=name, version=version)
 
     def save(self, directory: str | os.PathLike) -> Path:

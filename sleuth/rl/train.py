@@ -33,6 +33,10 @@ class RunConfig:
     exactly what `sleuth eval -b <holdout_benchmark> -n <holdout> --seed <holdout_seed>` evaluates."""
     holdout_benchmark: str = "dev"
     holdout_seed: int = 0
+    validation: float = 0.0
+    """Share of the training pool set aside as a validation split, never trained on; `sleuth train --recipe`
+    picks the checkpoint it ships on it (never on the holdout). Chosen by a hash of the task id, so every
+    stage of a recipe sets aside the same tasks whatever its pool."""
     datasets: list[str] | None = None
     """Only train on these datasets (None = all): a task's `dataset` ("dev-nq", "synth-comparison") or
     source dataset ("nq"). With several task sources, each keeps what matches; at least one must match."""
@@ -81,8 +85,9 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
     return cfg
 
 
-def split_tasks(cfg: RunConfig):
-    """Training tasks minus the evaluation holdout (and any near-identical question)."""
+def split_tasks(cfg: RunConfig, with_validation: bool = False):
+    """Training tasks minus the evaluation holdout (and any near-identical question), minus the validation
+    split; with ``with_validation`` returns (train, holdout, validation)."""
     from sleuth.evals.judges import normalize_answer
     from sleuth.evals.loaders import QA_FILE_SUFFIXES
     from sleuth.evals.tasks import QUESTION_KINDS, in_datasets, load_tasks, question_kind
@@ -107,7 +112,17 @@ def split_tasks(cfg: RunConfig):
     if not tasks:
         raise ValueError(f"no training tasks left in {cfg.tasks!r} (datasets {cfg.datasets}) after removing "
                          "the holdout")
-    return tasks, held
+    val = [t for t in tasks if in_validation(t.id, cfg.validation, cfg.holdout_seed)]
+    tasks = [t for t in tasks if not in_validation(t.id, cfg.validation, cfg.holdout_seed)]
+    return (tasks, held, val) if with_validation else (tasks, held)
+
+
+def in_validation(task_id: str, share: float, seed: int) -> bool:
+    """Whether a task belongs to the validation split: a stable hash of its id, independent of the pool."""
+    import hashlib
+
+    h = hashlib.sha256(f"validation-{seed}:{task_id}".encode()).digest()
+    return share > 0 and int.from_bytes(h[:8], "big") / 2 ** 64 < share
 
 
 def keep_reachable(tasks, engine, k: int, batch: int = 64):
@@ -131,9 +146,9 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
 
     from sleuth.agent import AgentConfig, Budget, Environment
     from sleuth.evals.judges import make_judge
-    from sleuth.policy.hf import HFPolicy
+    from sleuth.policy.hf import HFPolicy, adapter_dir
     from sleuth.rl.buffer import ReplayBuffer
-    from sleuth.rl.checkpoint import load_latest, save
+    from sleuth.rl.checkpoint import load_latest, load_weights, save
     from sleuth.rl.reinforce import ReinforceTrainer
     from sleuth.rl.rollout import AgentRollout, curriculum_order
 
@@ -149,8 +164,13 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     rl = cfg.rl
     np.random.seed(rl.seed)
     torch.manual_seed(rl.seed)
-    base = HFPolicy.load(cfg.model)
+    # A LoRA run that starts from a LoRA export continues that adapter (one adapter ships, not a stack).
+    adapter = adapter_dir(cfg.model) if rl.lora_r > 0 else None
+    base = HFPolicy.load(cfg.model, merge_adapter=adapter is None)
     trainer = ReinforceTrainer(base.model, base.tokenizer, rl)
+    if adapter is not None:
+        load_weights(trainer.model, adapter, lora=True)
+        trainer.version = base.version
     buffer, cursor, start, history = ReplayBuffer(max_age=rl.max_partial_age), 0, 0, []
     if ck is not None:
         ck.restore(trainer)
@@ -212,6 +232,34 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     return history
 
 
+def validate_checkpoint(cfg: RunConfig, run_dir: str | Path, checkpoint: str | Path, tasks, greedy: bool = True,
+                        batch: int = 16) -> float:
+    """pass@1 of a checkpoint on ``tasks`` with the run's own agent settings and reward judgement (evidence
+    included when the run requires it): the number a recipe picks its checkpoint by."""
+    import tempfile
+
+    from sleuth.agent import AgentConfig, Environment
+    from sleuth.evals.judges import make_judge
+    from sleuth.policy.hf import HFPolicy
+    from sleuth.rl.rollout import AgentRollout
+
+    with tempfile.TemporaryDirectory(dir=run_dir) as d:
+        policy = HFPolicy.load(export_policy(run_dir, Path(d) / "policy", checkpoint=checkpoint))
+    env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k, tools=("search", "browse"))
+    acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens,
+                       temperature=0.0 if greedy else cfg.rl.temperature, prompt=cfg.prompt)
+    rollout = AgentRollout(policy, env, acfg, tasks, make_judge(cfg.judge),
+                           require_evidence=cfg.rl.reward.require_evidence)
+    correct = 0
+    for i in range(0, len(tasks), batch):
+        chunk = tasks[i:i + batch]
+        trajs = rollout.agent.run_batch([t.question for t in chunk], [t.id for t in chunk])
+        for traj, task in zip(trajs, chunk):
+            traj.meta["gold"] = task.answers
+            correct += rollout.score(traj).correct
+    return correct / max(len(tasks), 1)
+
+
 def _rollout_metrics(trajs) -> dict[str, float]:
     if not trajs:
         return {"mean_steps": 0.0, "format_errors_per_traj": 0.0}
@@ -242,20 +290,39 @@ def _save_rollouts(out: Path, iteration: int, trajs) -> None:
                                 "stats": t.stats(), "versions": sorted(t.versions)}) + "\n")
 
 
-def export_policy(run_dir: str | Path, dest: str | Path) -> Path:
-    """Copy the latest checkpoint's weights to a model directory usable by `ask --model` / `eval --model`."""
+def export_policy(run_dir: str | Path, dest: str | Path, checkpoint: str | Path | None = None) -> Path:
+    """Copy a checkpoint's weights (default: the latest) to a model directory usable by `ask --model` /
+    `eval --model`. A LoRA checkpoint exports as its adapter alone, stored in float16 (a few MB), with the base
+    model it applies to recorded in ``sleuth_version.json``."""
     import shutil
 
-    from sleuth.rl.checkpoint import load_latest
+    from safetensors.torch import load_file, save_file
 
-    ck = load_latest(run_dir)
+    from sleuth.policy.hf import VERSION_FILE, adapter_dir
+    from sleuth.rl.checkpoint import load_latest, read
+
+    ck = read(checkpoint) if checkpoint is not None else load_latest(run_dir)
     if ck is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir}")
     dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(ck.model_dir, tmp)
+    meta: dict[str, Any] = {"version": ck.version, "name": dest.name}
+    if ck.lora:
+        weights = tmp / "adapter_model.safetensors"
+        save_file({k: v.half().contiguous() for k, v in load_file(weights).items()}, str(weights))
+        for f in tmp.iterdir():     # the tokenizer is the base model's; an adapter folder carries none
+            if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+                f.unlink()
+        cfg_file = Path(run_dir) / "config.json"
+        start = json.loads(cfg_file.read_text()).get("model") if cfg_file.is_file() else None
+        parent = adapter_dir(start)     # continued from another adapter: same base as that one
+        meta["base"] = json.loads((parent / VERSION_FILE).read_text()).get("base") if parent else start
+    (tmp / VERSION_FILE).write_text(json.dumps(meta))
     if dest.exists():
         shutil.rmtree(dest)
-    shutil.copytree(ck.model_dir, dest)
-    (dest / "sleuth_version.json").write_text(json.dumps({"version": ck.version, "name": dest.name}))
+    os.rename(tmp, dest)
     return dest
 
 

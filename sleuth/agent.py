@@ -400,7 +400,7 @@ class Agent:
         if action.tool == "finish":
             kept, dropped = citations.verify(action.args.get("citations", []), run.seen)
             traj.answer = action.args["answer"]
-            traj.citations, traj.dropped_citations = kept, dropped
+            traj.citations, traj.dropped_citations = citations.cite_answer(traj.answer, kept, run.seen), dropped
             # where (if anywhere) the answer occurs in what the agent was shown: the grounding a reward can ask for
             traj.meta["evidence_url"] = citations.answer_in_evidence(traj.answer, run.seen)
             self.on_event(traj, "action", {"step": step, "tool": "finish", "args": action.args})

@@ -2,6 +2,9 @@
 
 A citation is kept only if its URL was opened or shown in search results during this trajectory and its
 quote occurs (case- and whitespace-insensitively) in the text the agent was actually shown for that URL.
+When the answer occurs in what the agent was shown, the system also attaches a citation of its own (the URL
+and the shown sentence holding the answer), so every grounded answer is traceable even when the model wrote
+no citation; nothing is ever cited from text the agent was not shown.
 """
 
 from __future__ import annotations
@@ -27,13 +30,52 @@ def _words(s: str) -> str:
 def answer_in_evidence(answer: str | None, seen: dict[str, str]) -> str | None:
     """The URL of a text the agent was shown that contains the answer (word-aligned, case and punctuation
     insensitive), or None. An answer nobody showed the agent is a guess, whatever its luck."""
+    cite = evidence_citation(answer, seen)
+    return cite.url if cite else None
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[]?[A-Z0-9])|\n+")
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences and lines of a text (a period followed by a capital or digit, or a line break)."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
+
+
+def evidence_citation(answer: str | None, seen: dict[str, str]) -> Citation | None:
+    """A citation the system builds for an answer: the first URL whose shown text contains the answer, quoting
+    the shown sentence that contains it (or, when the answer runs across sentences, the shortest run of
+    consecutive sentences that does). Only text in ``seen`` — what the agent was shown — is ever quoted, so
+    the citation verifies by construction. None when the answer occurs in nothing the agent saw."""
     if not answer or not _words(answer).strip():
         return None
     a = _words(answer)
     for url, text in seen.items():
-        if a in _words(text):
-            return url
+        if a not in _words(text):
+            continue
+        sents = sentences(text)
+        for width in range(1, len(sents) + 1):
+            for i in range(len(sents) - width + 1):
+                quote = " ".join(sents[i:i + width])
+                if a in _words(quote):
+                    return Citation(n=1, url=url, quote=quote, verified=True, source="system")
+        return Citation(n=1, url=url, quote=text.strip(), verified=True, source="system")
     return None
+
+
+def cite_answer(answer: str | None, kept: list[Citation], seen: dict[str, str]) -> list[Citation]:
+    """The verified citations of an answer: the model's own verified ones, plus a system-built one when the
+    answer occurs in something the agent was shown and no verified quote already contains it."""
+    if not answer:
+        return kept
+    a = _words(answer)
+    if any(a in _words(c.quote) for c in kept):
+        return kept
+    cite = evidence_citation(answer, seen)
+    if cite is None:
+        return kept
+    cite.n = len(kept) + 1
+    return kept + [cite]
 
 
 def verify(cites: list[dict], seen: dict[str, str]) -> tuple[list[Citation], list[Citation]]:

@@ -68,6 +68,7 @@ class Citation:
     quote: str
     verified: bool = False
     reason: str = ""               # why an unverified citation was dropped
+    source: str = "model"          # "model": written by the model and verified; "system": built from what it read
 
 
 @dataclass

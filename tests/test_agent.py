@@ -206,3 +206,34 @@ def test_browse_seen_text_stops_at_the_cut(env, smol_tokenizer):
                '<cite url="corpus://t/p1">born in Steventon</cite></answer>']
     traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig(obs_chars=cut)).run("Where?")
     assert [c.quote for c in traj.citations] == ["novelist"] and traj.meta["evidence_url"] is None
+
+
+def test_grounded_answer_gets_a_system_citation_of_the_shown_sentence(env, smol_tokenizer):
+    replies = ["<search>Jane Austen</search>", "<answer>Steventon</answer>"]
+    traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig()).run("Where was she born?")
+    [c] = traj.citations
+    assert (c.url, c.source, c.verified) == ("corpus://t/p1", "system", True)
+    assert c.quote == "She was born in Steventon, Hampshire."        # the sentence, not the whole passage
+    # the model's own verified quote holding the answer is enough: no second citation is added
+    replies = ["<search>Jane Austen</search>",
+               '<answer>Steventon<cite url="corpus://t/p1">born in Steventon</cite></answer>']
+    traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig()).run("Where was she born?")
+    assert [c.source for c in traj.citations] == ["model"]
+    # an answer the agent was never shown gets no citation at all
+    replies = ["<search>Jane Austen</search>", "<answer>Winchester</answer>"]
+    traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig()).run("Where was she born?")
+    assert traj.citations == []
+    # nor does one that was cut from the observation
+    cut = env.session().call("search", {"queries": ["Jane Austen"]}).text.index("Steventon")
+    replies = ["<search>Jane Austen</search>", "<answer>Steventon</answer>"]
+    traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig(obs_chars=cut)).run("Where?")
+    assert traj.citations == []
+
+
+def test_sentences_split_on_sentence_ends_and_lines():
+    from sleuth.citations import evidence_citation, sentences
+
+    assert sentences("Born 1775. She wrote novels.\nSteventon, Hampshire") == \
+        ["Born 1775.", "She wrote novels.", "Steventon, Hampshire"]
+    c = evidence_citation("1775. She", {"u": "Born 1775. She wrote."})     # an answer across sentences
+    assert c.quote == "Born 1775. She wrote."

@@ -7,7 +7,7 @@ Every step is skipped when its output is complete and a stage resumes from its l
 the same command again after a ``kill -9`` continues where it stopped.
 
 ```toml
-export = "policies/sleuth-135m-rl"     # where the chosen policy is written
+export = "sleuth/policies/sleuth-135m-rl"     # where the chosen policy is written
 [[tasks]]                               # task files, made with `sleuth synth` settings
 out = "runs/recipe/lookup-380.jsonl"
 n = 380

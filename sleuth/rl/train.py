@@ -69,6 +69,9 @@ class RunConfig:
     rl: TrainConfig = field(default_factory=TrainConfig)
 
 
+AGENT_KEYS = ("prompt", "max_steps", "max_new_tokens", "search_k")
+
+
 def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConfig:
     data: dict[str, Any] = {}
     if path:
@@ -309,14 +312,17 @@ def export_policy(run_dir: str | Path, dest: str | Path, checkpoint: str | Path 
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(ck.model_dir, tmp)
     meta: dict[str, Any] = {"version": ck.version, "name": dest.name}
+    cfg_file = Path(run_dir) / "config.json"
+    run_cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    # the agent settings the policy was trained with: `ask` and `eval` use them unless told otherwise
+    meta["agent"] = {k: run_cfg[k] for k in AGENT_KEYS if k in run_cfg}
     if ck.lora:
         weights = tmp / "adapter_model.safetensors"
         save_file({k: v.half().contiguous() for k, v in load_file(weights).items()}, str(weights))
         for f in tmp.iterdir():     # the tokenizer is the base model's; an adapter folder carries none
             if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
                 f.unlink()
-        cfg_file = Path(run_dir) / "config.json"
-        start = json.loads(cfg_file.read_text()).get("model") if cfg_file.is_file() else None
+        start = run_cfg.get("model")
         parent = adapter_dir(start)     # continued from another adapter: same base as that one
         meta["base"] = json.loads((parent / VERSION_FILE).read_text()).get("base") if parent else start
     (tmp / VERSION_FILE).write_text(json.dumps(meta))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from sleuth.trajectory import Citation
+from sleuth.trajectory import Citation, Trajectory
 
 _SPACE = re.compile(r"\s+")
 
@@ -98,3 +98,11 @@ def verify(cites: list[dict], seen: dict[str, str]) -> tuple[list[Citation], lis
             continue
         dropped.append(cit)
     return kept, dropped
+
+
+def unseen_citations(traj: Trajectory) -> list[Citation]:
+    """An independent audit of a finished trajectory: its citations whose quote occurs in none of the
+    observations in its transcript (what the model was actually shown). Must always be empty."""
+    shown = _norm(" ".join(str(m.get("content") or "") for m in traj.messages
+                           if m.get("role") in ("user", "tool") and "<observation>" in str(m.get("content"))))
+    return [c for c in traj.citations if _norm(c.quote) not in shown]

@@ -14,15 +14,18 @@ def register(app: typer.Typer) -> None:
     def ask(
         question: str = typer.Argument(..., help="The question to research."),
         model: Optional[str] = typer.Option(None, "--model", "-m",
-                                            help="Local model dir, or the model name on --base-url. "
-                                                 "Default: the embedded SmolLM2-135M-Instruct."),
+                                            help="Local model or adapter dir, 'base' (the untrained embedded "
+                                                 "SmolLM2-135M-Instruct), or the model name on --base-url. "
+                                                 "Default: the shipped trained agent."),
         base_url: Optional[str] = typer.Option(None, "--base-url",
                                                help="OpenAI-compatible server (Kimi API, vLLM, SGLang, Ollama...)."),
         index: Optional[str] = typer.Option(None, "--index", help="Index to search (default: wiki)."),
         engine: str = typer.Option("auto", "--engine", help="auto (hybrid if the index has embeddings) | hybrid | lexical | dense"),
-        max_steps: int = typer.Option(10, "--max-steps", help="Step budget."),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Step budget (default: what the "
+                                                "policy was trained with, else 10)."),
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
-        prompt: str = typer.Option("short-fewshot", "--prompt", help="plain | fewshot | short | short-fewshot"),
+        prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt variant (sleuth.agent.PROMPTS; "
+                                             "default: the policy's training prompt, else short-fewshot)."),
         online: bool = typer.Option(False, "--online", help="Allow browsing real http(s) URLs."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -32,17 +35,19 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         from sleuth.agent import Agent, AgentConfig, Environment
-        from sleuth.policy.loader import load_policy
+        from sleuth.policy.loader import agent_settings, load_policy
         from sleuth.trajectory import save_jsonl
 
         console = Console(stderr=as_json)
         try:
-            env = Environment.from_index(index, engine=engine, online=online)
-        except FileNotFoundError as e:
+            with console.status("loading model…"):
+                policy = load_policy(model, base_url)
+            trained = agent_settings(policy)    # run a trained policy as it was trained, unless told otherwise
+            env = Environment.from_index(index, engine=engine, online=online,
+                                         search_k=trained.get("search_k", 5))
+        except (FileNotFoundError, ValueError) as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(2)
-        with console.status("loading model…"):
-            policy = load_policy(model, base_url)
         import torch
 
         torch.manual_seed(seed)
@@ -64,7 +69,9 @@ def register(app: typer.Typer) -> None:
             elif kind == "context":
                 console.print(f"   [dim]context manager: {data}[/]")
 
-        cfg = AgentConfig(max_steps=max_steps, temperature=temperature, prompt=prompt)
+        cfg = AgentConfig(max_steps=max_steps or trained.get("max_steps", 10), temperature=temperature,
+                          prompt=prompt or trained.get("prompt", "short-fewshot"),
+                          max_new_tokens=trained.get("max_new_tokens", AgentConfig.max_new_tokens))
         agent = Agent(policy, env, cfg, on_event=show)
         traj = agent.run(question)
         out = save or Path("runs") / "ask.jsonl"
@@ -73,6 +80,7 @@ def register(app: typer.Typer) -> None:
             print(json.dumps({"question": question, "answer": traj.answer, "finish_reason": traj.finish_reason,
                               "citations": [c.__dict__ for c in traj.citations],
                               "dropped_citations": [c.__dict__ for c in traj.dropped_citations],
+                              "grounded": bool(traj.meta.get("evidence_url")), "policy": getattr(policy, "name", ""),
                               "stats": traj.stats(), "trajectory_file": str(out), "trajectory_id": traj.id},
                              ensure_ascii=False, indent=2))
             return
@@ -82,7 +90,10 @@ def register(app: typer.Typer) -> None:
         else:
             console.print(f"[bold]{traj.answer}[/]")
             for c in traj.citations:
-                console.print(f"  [{c.n}] {c.url} — “{c.quote[:120]}”")
+                who = "cited by the model" if c.source == "model" else "where the agent read it"
+                console.print(f"  [{c.n}] {c.url} — “{c.quote[:200]}” [dim]({who}; verified)[/]")
+            if not traj.citations:
+                console.print("  [yellow]no citation: the answer occurs in nothing the agent was shown[/]")
             if traj.dropped_citations:
                 console.print(f"  [yellow]{len(traj.dropped_citations)} citation(s) dropped: "
                               f"{'; '.join(c.reason for c in traj.dropped_citations)}[/]")

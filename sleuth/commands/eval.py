@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         benchmark: str = typer.Option("dev", "--benchmark", "-b", help="Benchmark name or a JSONL/CSV file."),
         mode: str = typer.Option("agent", "--mode", help="agent | rag | closed-book"),
-        model: Optional[str] = typer.Option(None, "--model", "-m"),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Model or adapter dir, 'base' (the "
+                                            "untrained model); default: the shipped trained agent."),
         base_url: Optional[str] = typer.Option(None, "--base-url"),
         samples: int = typer.Option(1, "--samples", "-k", help="Samples per task (pass@k for k ≤ samples)."),
         limit: Optional[int] = typer.Option(None, "--limit", "-n"),
@@ -29,9 +30,11 @@ def register(app: typer.Typer) -> None:
         judge: str = typer.Option("cover", "--judge", help="cover | em | f1>=T | llm"),
         judge_model: Optional[str] = typer.Option(None, "--judge-model"),
         judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url"),
-        max_steps: int = typer.Option(8, "--max-steps"),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Default: what the policy was "
+                                                "trained with, else 8."),
         temperature: float = typer.Option(0.7, "--temperature"),
-        prompt: str = typer.Option("short-fewshot", "--prompt", help="plain | fewshot | short | short-fewshot"),
+        prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt variant (default: the policy's "
+                                             "training prompt, else short-fewshot)."),
         seed: int = typer.Option(0, "--seed"),
         out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default runs/eval-<bench>-<mode>)."),
     ) -> None:

@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         pass_min: float = typer.Option(0.25, "--pass-min", help="Lowest with-tools solve rate kept."),
         pass_max: float = typer.Option(0.75, "--pass-max", help="Highest with-tools solve rate kept."),
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Policy for the solver stages "
-                                            "(default: the embedded model)."),
+                                            "(default: 'base', the untrained embedded model)."),
         base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server for the policy."),
         index: Optional[str] = typer.Option(None, "--index", help="Index the agent searches (pass@N)."),
         engine: str = typer.Option("auto", "--engine", help="Search engine of the index for the agent."),
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
             try:
                 from sleuth.policy.loader import load_policy
 
-                policy = load_policy(model, base_url)
+                policy = load_policy(model or "base", base_url)   # filters against the untrained model
             except ImportError as e:
                 console.print(f"[yellow]policy loader not available ({e}); closed-book and pass@N stages "
                               "will be skipped[/yellow]")

@@ -43,10 +43,13 @@ class EvalConfig:
     judge: str = "cover"
     judge_model: str | None = None
     judge_base_url: str | None = None
-    max_steps: int = 8
+    max_steps: int | None = None
+    """Agent settings left None take what the policy was trained with (a shipped or exported policy records
+    them), else 8 steps, 192 new tokens, the short-fewshot prompt and 5 results per query."""
     temperature: float = 0.7
-    max_new_tokens: int = 192
-    prompt: str = "short-fewshot"
+    max_new_tokens: int | None = None
+    prompt: str | None = None
+    search_k: int | None = None
     rag_k: int = 5
 
 
@@ -93,6 +96,10 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
         raise ValueError(f"unknown mode {cfg.mode!r}: choose one of {', '.join(MODES)}")
     if cfg.samples < max(cfg.ks):
         raise ValueError(f"pass@{max(cfg.ks)} needs --samples >= {max(cfg.ks)}")
+    if policy is None:
+        from sleuth.policy.loader import load_policy
+        policy = load_policy(cfg.model, cfg.base_url)
+    cfg = _resolve_agent_settings(cfg, policy)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cfg_file = out / "config.json"
@@ -113,9 +120,6 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
     done = {_key(r["task_id"], r["sample"]) for r in records}
     todo = [(t, s) for t in tasks for s in range(cfg.samples) if _key(t.id, s) not in done]
 
-    if policy is None:
-        from sleuth.policy.loader import load_policy
-        policy = load_policy(cfg.model, cfg.base_url)
     judge_policy = None
     if cfg.judge == "llm":
         from sleuth.policy.openai_policy import OpenAIPolicy
@@ -123,7 +127,7 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
     judge = make_judge(cfg.judge, judge_policy)
     if env is None and cfg.mode != "closed-book":
         from sleuth.agent import Environment
-        env = Environment.from_index(cfg.index, engine=cfg.engine)
+        env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k)
 
     import torch
 
@@ -153,11 +157,22 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
     return _results(cfg, records, judge, policy_name or getattr(policy, "name", ""))
 
 
+def _resolve_agent_settings(cfg: EvalConfig, policy) -> EvalConfig:
+    from dataclasses import replace
+
+    from sleuth.policy.loader import agent_settings
+
+    trained = agent_settings(policy)
+    defaults = {"max_steps": 8, "max_new_tokens": 192, "prompt": "short-fewshot", "search_k": 5}
+    return replace(cfg, **{k: trained.get(k, v) for k, v in defaults.items() if getattr(cfg, k) is None})
+
+
 def _run_batch(cfg: EvalConfig, policy, env, batch: list[tuple[Task, int]], traj_file: Path) -> list[dict]:
     questions = [t.question for t, _ in batch]
     rows = []
     if cfg.mode == "agent":
         from sleuth.agent import Agent, AgentConfig
+        from sleuth.citations import unseen_citations
         from sleuth.trajectory import save_jsonl
 
         acfg = AgentConfig(max_steps=cfg.max_steps, temperature=cfg.temperature,
@@ -166,7 +181,10 @@ def _run_batch(cfg: EvalConfig, policy, env, batch: list[tuple[Task, int]], traj
         for (task, s), tr in zip(batch, trajs):
             tr.meta.update({"sample": s, "gold": task.answers, "dataset": task.dataset})
             rows.append({"task_id": task.id, "sample": s, "dataset": task.dataset, "answer": tr.answer,
-                         "stats": tr.stats(), "trajectory_id": tr.id})
+                         "stats": tr.stats(), "trajectory_id": tr.id,
+                         "grounded": bool(tr.meta.get("evidence_url")),
+                         "citations": [{"url": c.url, "quote": c.quote, "source": c.source} for c in tr.citations],
+                         "unseen_citations": len(unseen_citations(tr))})
         save_jsonl(trajs, traj_file)
         return rows
     from sleuth.evals.baselines import answer_batch
@@ -197,4 +215,23 @@ def _results(cfg: EvalConfig, records: list[dict], judge, policy_name: str) -> d
     for ds in res["datasets"]:
         res["datasets"][ds]["scores"] = _scores([r for r in records if r["dataset"] == ds])
     res["overall"]["scores"] = _scores(records)
+    if cfg.mode == "agent":
+        res["overall"]["citations"] = citation_summary(records)
     return res
+
+
+def citation_summary(records: list[dict]) -> dict[str, Any]:
+    """How many answers carry a verified citation; how many grounded answers (the answer occurs in what the
+    agent was shown) do — the target is all of them — and how many citations quote text the agent's
+    observations never showed (an audit against the transcript; must be 0)."""
+    answered = [r for r in records if r.get("answer")]
+    grounded = [r for r in answered if r.get("grounded")]
+    cited = [r for r in answered if r.get("citations")]
+    n_cites = [c for r in records for c in r.get("citations", [])]
+    return {"answers": len(answered), "grounded_answers": len(grounded), "answers_with_citation": len(cited),
+            "grounded_with_citation": sum(bool(r.get("citations")) for r in grounded),
+            "grounded_with_citation_share": (sum(bool(r.get("citations")) for r in grounded) / len(grounded)
+                                             if grounded else None),
+            "citations": len(n_cites), "by_model": sum(c["source"] == "model" for c in n_cites),
+            "by_system": sum(c["source"] == "system" for c in n_cites),
+            "citations_to_unseen_text": sum(r.get("unseen_citations", 0) for r in records)}

@@ -155,6 +155,7 @@ class HFPolicy:
         self.tokenizer = tokenizer
         self.name = name
         self.version = int(version)
+        self.agent_settings: dict[str, Any] = {}   # what a trained export was trained with (prompt, steps...)
         self.drop_finished = drop_finished   # drop finished rows from the batch (False: keep, ignore them)
         self.min_shared_prefix = 32          # share the KV cache of a common prompt prefix at least this long
         # Reuse the KV of earlier calls' rows for prompts that continue them (agent steps): see kvcache.py.
@@ -187,6 +188,7 @@ class HFPolicy:
                 base.model = PeftModel.from_pretrained(base.model, str(adapter)).merge_and_unload()
                 base.model.to(_dtype(dtype))
             base.name, base.version = meta.get("name") or adapter.name, int(meta.get("version", 0))
+            base.agent_settings = dict(meta.get("agent") or {})
             return base
         gguf_file = None
         if spec is None or str(spec).lower() in ("smollm2", "base", EMBEDDED_NAME):
@@ -209,8 +211,10 @@ class HFPolicy:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=_dtype(dtype), **kw)
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
         model.to(dev)
-        version = int(_read_version(Path(model_dir)).get("version", 0))
-        return cls(model, tok, name=name, version=version)
+        meta = _read_version(Path(model_dir))
+        policy = cls(model, tok, name=name, version=int(meta.get("version", 0)))
+        policy.agent_settings = dict(meta.get("agent") or {})
+        return policy
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write weights, tokenizer and ``sleuth_version.json`` atomically (temp dir, then rename)."""

@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup policy clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: $(STAMP)
 	$(BIN)/sleuth index --embedded
 	$(BIN)/sleuth search "theory of relativity" "largest desert in Africa"
 	$(BIN)/sleuth ask "In which city was the painter of the Mona Lisa born?"
+
+# Rebuild the shipped policy from the base model (index, task files, two RL stages, selection, export);
+# about 2 h on 2 cores; run it again after an interruption to resume.
+policy: $(STAMP)
+	$(BIN)/sleuth train --recipe configs/recipe.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

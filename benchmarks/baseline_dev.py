@@ -70,15 +70,14 @@ def main() -> None:
         row["seconds_this_run"] = round(time.time() - t0, 1)
         if mode == "agent":
             trajs = list(load_jsonl(Path(args.work) / mode / "trajectories.jsonl"))
-            written = sum(len(t.citations) + len(t.dropped_citations) for t in trajs)
-            kept = sum(len(t.citations) for t in trajs)
+            written = sum(sum(c.source == "model" for c in t.citations) + len(t.dropped_citations) for t in trajs)
+            kept = sum(c.source == "model" for t in trajs for c in t.citations)
             row["citations"] = {
                 "trajectories": len(trajs), "questions": len({t.task_id for t in trajs}),
-                "written_by_model": written, "resolved_before_verification": kept,
+                "written_by_model": written, "model_citations_verified": kept,
                 "invented_or_unverifiable": written - kept,
-                "resolved_after_verification": 1.0 if kept == sum(c.verified for t in trajs for c in t.citations)
-                else 0.0,
-                "answers_with_citations": sum(bool(t.citations) for t in trajs)}
+                # every answer that occurs in what the agent was shown, with its verified citations
+                **res["overall"]["citations"]}
             row["format_errors_per_step"] = round(sum(t.format_errors for t in trajs) /
                                                   max(1, sum(t.steps for t in trajs)), 3)
             row["answered_rate"] = round(sum(t.answer is not None for t in trajs) / max(1, len(trajs)), 3)

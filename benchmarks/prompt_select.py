@@ -26,7 +26,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--index", default="passages")
-    ap.add_argument("--variants", default="plain,fewshot,short,short-fewshot")
+    ap.add_argument("--variants", default="plain,fewshot,short,short-fewshot,short-2shot,tools,tools-3shot")
+    ap.add_argument("--tools", default="search,browse,code", help="tools the agent has (all variants alike)")
     ap.add_argument("--max-steps", type=int, default=4)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
@@ -50,7 +51,7 @@ def main() -> None:
     task_file = work / "select.jsonl"
     task_file.write_text("".join(json.dumps(t.to_dict()) + "\n" for t in pool))
     policy = HFPolicy.load()
-    env = Environment.from_index(args.index, engine="hybrid", tools=("search", "browse"))
+    env = Environment.from_index(args.index, engine="hybrid", tools=tuple(args.tools.split(",")))
     rows = {}
     for variant in args.variants.split(","):
         t0 = time.time()
@@ -64,11 +65,16 @@ def main() -> None:
             "searched": round(sum(bool(t.queries) for t in trajs) / len(trajs), 3),
             "answered": round(sum(t.answer is not None for t in trajs) / len(trajs), 3),
             "mean_steps": round(steps / len(trajs), 2),
+            "browsed": round(sum(bool(t.urls_opened) for t in trajs) / len(trajs), 3),
+            "ran_code": round(sum(any(c.tool == "code" for c in t.tool_calls) for t in trajs) / len(trajs), 3),
+            # answers carrying a citation the model wrote itself and that verified against what it was shown
+            "model_cited": round(sum(any(c.source == "model" for c in t.citations) for t in trajs) / len(trajs), 3),
+            "grounded": round(sum(bool(t.meta.get("evidence_url")) for t in trajs) / len(trajs), 3),
             **res["overall"]["scores"], "pass@1": round(res["overall"]["metrics"]["pass@1"], 3),
             "seconds": round(time.time() - t0, 1)}
         print(variant, rows[variant], flush=True)
     best = max(rows, key=lambda v: (rows[v]["pass@1"], rows[v]["f1"], rows[v]["valid_action_rate"]))
-    out = {"n_tasks": len(pool), "index": args.index, "temperature": args.temperature,
+    out = {"n_tasks": len(pool), "index": args.index, "temperature": args.temperature, "tools": args.tools,
            "max_steps": args.max_steps, "variants": rows, "chosen": best,
            "rule": "highest strict-cover pass@1, then F1, then valid-action rate"}
     Path(args.out).write_text(json.dumps(out, indent=2))

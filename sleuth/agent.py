@@ -120,6 +120,9 @@ PROMPTS = {
     # two worked examples (a one-search lookup, then a two-search bridge) whose observations have exactly
     # the search tool's format, so the example shows where in a real result the answer sits
     "short-2shot": ("system_short.md", "example_2shot.json"),
+    # every tool taught: a cited lookup, a bridge read with browse/find, a computation with code
+    "tools": ("system_tools.md", None),
+    "tools-3shot": ("system_tools.md", "example_tools.json"),
 }
 
 

@@ -136,3 +136,60 @@ def test_train_filters_question_kinds_and_unreachable_tasks(setup, tmp_path):
     assert [t.id for t in keep_reachable(kept, engine, k=2)] == ["t0", "t2"]   # no passage mentions Madrid
     with pytest.raises(ValueError, match="unknown question_kinds"):
         split_tasks(load_run_config(None, tasks=str(tasks), holdout=0, question_kinds=["bridge"]))
+
+
+def _stage(path, model_dir, tasks, out, model=None, iterations=2):
+    path.write_text(f'''
+tasks = "{tasks}"
+model = "{model or model_dir}"
+holdout = 0
+validation = 0.5
+index = "c"
+engine = "lexical"
+max_steps = 2
+max_new_tokens = 12
+curriculum = false
+[rl]
+out_dir = "{out}"
+iterations = {iterations}
+keep_checkpoints = 10
+tasks_per_iteration = 1
+group_size = 2
+lr = 1e-3
+lora_r = 2
+lora_alpha = 4
+micro_batch_size = 8
+''')
+    return path
+
+
+def test_recipe_chains_lora_stages_selects_on_validation_and_resumes(setup, tmp_path):
+    """`sleuth train --recipe`: stage 2 continues stage 1's adapter; the checkpoint shipped is chosen on the
+    validation split (tasks neither stage trains on); running the recipe again redoes nothing."""
+    from sleuth.policy.hf import HFPolicy
+    from sleuth.rl.recipe import run_recipe
+    from sleuth.rl.train import load_run_config, split_tasks
+
+    root, model_dir, tasks = setup
+    s1 = _stage(tmp_path / "s1.toml", model_dir, tasks, tmp_path / "s1")
+    s2 = _stage(tmp_path / "s2.toml", model_dir, tasks, tmp_path / "s2", model=tmp_path / "s1" / "export")
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'export = "{tmp_path / "shipped"}"\nselect_every = 1\n'
+                      f'[[stages]]\nconfig = "{s1}"\n[[stages]]\nconfig = "{s2}"\n')
+    train_ids, _, val = split_tasks(load_run_config(s2), with_validation=True)
+    assert val and not {t.id for t in val} & {t.id for t in train_ids}
+    assert {t.id for t in val} == {t.id for t in split_tasks(load_run_config(s1), with_validation=True)[2]}
+
+    logs: list[str] = []
+    shipped = run_recipe(recipe, log=logs.append)
+    assert (shipped / "adapter_model.safetensors").is_file()
+    scores = json.loads((tmp_path / "s2" / "selection.json").read_text())
+    assert set(scores) == {"ckpt-00000001", "ckpt-00000002"} and any("selected" in m for m in logs)
+    meta = json.loads((shipped / "sleuth_version.json").read_text())
+    assert meta["base"] == str(model_dir)                    # stage 2 continued stage 1's adapter, same base
+    s1_meta = json.loads((tmp_path / "s1" / "export" / "sleuth_version.json").read_text())
+    assert meta["agent"]["max_steps"] == 2 and meta["version"] >= s1_meta["version"]   # versions continue
+    assert HFPolicy.load(shipped).agent_settings["max_steps"] == 2
+    logs.clear()
+    run_recipe(recipe, log=logs.append)                      # again: every step is already done
+    assert sum("done" in m for m in logs) == 3 and not any("selected" in m for m in logs)

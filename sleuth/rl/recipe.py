@@ -8,6 +8,7 @@ the same command again after a ``kill -9`` continues where it stopped.
 
 ```toml
 export = "sleuth/policies/sleuth-135m-rl"     # where the chosen policy is written
+index_source = "../shared/data/corpus/passages.jsonl.gz"   # built first if the stages' index is missing
 [[tasks]]                               # task files, made with `sleuth synth` settings
 out = "runs/recipe/lookup-380.jsonl"
 n = 380
@@ -54,6 +55,9 @@ class Stage:
 class Recipe:
     export: str
     """Directory the chosen policy is exported to."""
+    index_source: str | None = None
+    """Passages to build the stages' search index from when it does not exist yet (the index name is the
+    stages' `index` key); None: the index must exist."""
     tasks: list[TaskFile] = field(default_factory=list)
     stages: list[Stage] = field(default_factory=list)
     select_greedy: bool = True
@@ -82,6 +86,8 @@ def run_recipe(path: str | Path, log: Callable[[str], None] = print) -> Path:
 
     recipe = load_recipe(path)
     t0 = time.time()
+    if recipe.index_source:
+        make_index(recipe.index_source, {load_run_config(s.config).index for s in recipe.stages}, log)
     for tf in recipe.tasks:
         make_task_file(tf, log)
     for i, stage in enumerate(recipe.stages, 1):
@@ -115,6 +121,18 @@ def export_policy_copy(src: Path, dest: Path) -> Path:
         shutil.rmtree(dest)
     os.rename(tmp, dest)
     return dest
+
+
+def make_index(source: str, names: set[str | None], log: Callable[[str], None] = print) -> None:
+    from sleuth import paths
+    from sleuth.index import build_index
+
+    for name in sorted(n for n in names if n):
+        if (paths.index_dir(name) / "meta.json").is_file():
+            log(f"index {name}: exists")
+            continue
+        log(f"index {name}: building from {source} (embeddings take a while on a CPU)")
+        build_index(source, name)
 
 
 def make_task_file(tf: TaskFile, log: Callable[[str], None] = print) -> Path:

@@ -117,6 +117,8 @@ def export_policy_copy(src: Path, dest: Path) -> Path:
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
+    meta_file = tmp / "sleuth_version.json"
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "name": dest.name}))
     if dest.exists():
         shutil.rmtree(dest)
     os.rename(tmp, dest)

@@ -319,8 +319,8 @@ def export_policy(run_dir: str | Path, dest: str | Path, checkpoint: str | Path 
     if ck.lora:
         weights = tmp / "adapter_model.safetensors"
         save_file({k: v.half().contiguous() for k, v in load_file(weights).items()}, str(weights))
-        for f in tmp.iterdir():     # the tokenizer is the base model's; an adapter folder carries none
-            if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template")):
+        for f in tmp.iterdir():     # the tokenizer is the base model's, peft's README a blank model card
+            if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "chat_template", "README")):
                 f.unlink()
         start = run_cfg.get("model")
         parent = adapter_dir(start)     # continued from another adapter: same base as that one

@@ -37,6 +37,7 @@ def main() -> None:
                     help="policy to evaluate (a model directory, e.g. one `sleuth train --export` wrote); "
                          "default: the untrained embedded model")
     ap.add_argument("--prompt", default="short-fewshot", help="agent prompt variant (see sleuth.agent.PROMPTS)")
+    ap.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (then use --samples 1)")
     ap.add_argument("--out", default="benchmarks/results/baseline_dev.json")
     args = ap.parse_args()
     import torch
@@ -50,14 +51,14 @@ def main() -> None:
     policy = HFPolicy.load(args.model)
     env = Environment.from_index(args.index, engine="hybrid", tools=("search", "browse"))
     out = {"tasks": f"dev, first {args.n} after shuffling with seed 0", "samples": args.samples,
-           "temperature": 0.7, "judge": "cover (strict) + EM/F1", "index": args.index,
+           "temperature": args.temperature, "judge": "cover (strict) + EM/F1", "index": args.index,
            "model": args.model or "embedded SmolLM2-135M-Instruct (untrained)", "prompt": args.prompt,
            "modes": {}}
     for mode in args.modes.split(","):
         t0 = time.time()
         cfg = EvalConfig(benchmark="dev", mode=mode, limit=args.n, seed=0, samples=args.samples,
                          ks=sorted({1, args.samples}), concurrency=16, max_steps=4, max_new_tokens=64,
-                         model=args.model, prompt=args.prompt)
+                         model=args.model, prompt=args.prompt, temperature=args.temperature)
         res = run_eval(cfg, Path(args.work) / mode, policy=policy, env=env, progress=True)
         m = res["overall"]["metrics"]
         row = {k: round(v, 4) for k, v in m.items() if isinstance(v, float)}

@@ -230,6 +230,26 @@ def test_context_tokens_get_zero_gradient():
     assert row.loss_mask == seg.mask[1:] and row.targets == seg.token_ids[1:]
 
 
+def test_overlong_trajectory_is_dropped_whole_never_cut():
+    """A correct trajectory longer than max_seq_len keeps its reward-carrying final step or is not trained at
+    all: its head alone must never get a gradient. Here it is left out whole and counted."""
+    long_ok = make_traj([[10, 11, 12], [13, 14, 15], [16, 17]])       # 2 prompt + 8 policy + 2 obs = 12 tokens
+    short_bad = make_traj([[20]])
+    cfg = cfg_for(max_seq_len=8)
+    sel, _ = select([[Scored(long_ok, True), Scored(short_bad, False)]], cfg, version=0)
+    rows, st = build_rows(sel, cfg, version=0)
+    assert st.overlong == 1 and st.truncated == 12 - 8
+    assert all(16 not in r.targets and 10 not in r.targets for r in rows)   # no part of it is trained
+    m = ReinforceTrainer(tiny_llama(seed=7), None, cfg).step([[Scored(long_ok, True), Scored(short_bad, False)]])
+    assert m["overlong_trajectories"] == 1 and m["truncated_tokens"] == 4
+    assert m["trained_trajectories"] == 1 and m["tokens"] == 1           # only the short one's token
+    # trailing tool tokens after the last reply are never targets: dropping them loses nothing
+    tail = make_traj([[10, 11]])
+    tail.segments[0].extend_context([OBS] * 6)                            # 2 + 2 + 6 = 10 tokens
+    rows, st = build_rows(select([[Scored(tail, True), Scored(short_bad, False)]], cfg, 0)[0], cfg, 0)
+    assert st.overlong == 0 and rows[0].targets[-2:] == [10, 11] and sum(rows[0].loss_mask) == 2
+
+
 def test_old_version_tokens_masked_or_importance_weighted():
     # Partial rollouts: step 0 sampled by version 0, step 1 by version 1; the trainer is at version 1.
     def groups():

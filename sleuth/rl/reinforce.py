@@ -17,7 +17,8 @@ this file never samples.
 5) Loss. ``−Σ w·A·logπ / Σ mask`` over every trained token of the batch (token-level normalisation, as in
    nanochat's chat_rl.py), plus an optional k1.5-style ``τ/2·(logπ − logπ_old)²`` on the same tokens.
    Sequences are built only from recorded token ids: input = ids[:-1], target = ids[1:], loss mask = mask[1:]
-   (a token is trained iff the policy sampled it; prompt and tool tokens are context only).
+   (a token is trained iff the policy sampled it; prompt and tool tokens are context only). A trajectory with a
+   sequence longer than ``max_seq_len`` is never cut: it is left out whole and counted (see ``build_rows``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 import torch
 
 from ..rewards import outcome_reward, token_rewards
-from ..trajectory import Trajectory
+from ..trajectory import Segment, Trajectory
 from .config import TrainConfig
 
 
@@ -119,22 +120,40 @@ class Row:
 class RowStats:
     old_tokens: int = 0        # policy tokens from older versions
     masked_old: int = 0        # ... of which dropped ('mask' mode)
-    truncated: int = 0         # tokens cut by max_seq_len
+    overlong: int = 0          # trajectories left out whole: a sequence longer than max_seq_len
+    truncated: int = 0         # tokens of those sequences beyond max_seq_len
+
+
+def trained_length(seg: Segment) -> int:
+    """Tokens of the segment up to and including its last policy token: what a training sequence needs.
+    Trailing prompt/tool tokens (an observation after the last reply) are never targets and are dropped."""
+    return max((t + 1 for t, m in enumerate(seg.mask) if m), default=0)
 
 
 def build_rows(selected: list[Selected], cfg: TrainConfig, version: int) -> tuple[list[Row], RowStats]:
+    """Training rows of the selected trajectories, one per segment.
+
+    A trajectory with a segment longer than ``max_seq_len`` (after dropping trailing tool tokens) is left out
+    whole and counted. Keeping the head would lose the final step, the one that carries the reward; keeping the
+    tail or cutting windows would train log π(token | a truncated context), a distribution the policy never
+    sampled from (the question itself sits at the start), so the gradient would no longer be the policy's.
+    Its reward still counts in its group's baseline, as for a dropped negative.
+    """
     rows, st = [], RowStats()
     for sel in selected:
         traj = sel.scored.traj
-        per_seg = token_rewards(traj, sel.scored.correct, cfg.reward, reward=sel.reward)
-        for seg, rew in zip(traj.segments, per_seg):
-            n = len(seg.token_ids)
-            if not (len(seg.mask) == len(seg.logprobs) == len(seg.versions) == len(seg.steps) == n):
+        for seg in traj.segments:
+            if not (len(seg.mask) == len(seg.logprobs) == len(seg.versions) == len(seg.steps)
+                    == len(seg.token_ids)):
                 raise ValueError(f"trajectory {traj.id}: segment fields have different lengths")
-            if n > cfg.max_seq_len:
-                st.truncated += n - cfg.max_seq_len
-                n = cfg.max_seq_len
-            if n < 2 or not any(seg.mask[1:n]):
+        lengths = [trained_length(seg) for seg in traj.segments]
+        if any(n > cfg.max_seq_len for n in lengths):
+            st.overlong += 1
+            st.truncated += sum(max(n - cfg.max_seq_len, 0) for n in lengths)
+            continue
+        per_seg = token_rewards(traj, sel.scored.correct, cfg.reward, reward=sel.reward)
+        for seg, rew, n in zip(traj.segments, per_seg, lengths):
+            if n < 2:
                 continue
             lm, old = [], []
             for t in range(1, n):
@@ -319,7 +338,9 @@ class ReinforceTrainer:
         rows, rst = build_rows(selected, cfg, self.version)
         n_total = sum(sum(r.loss_mask) for r in rows)
         metrics.update(old_tokens=float(rst.old_tokens), masked_old_tokens=float(rst.masked_old),
-                       truncated_tokens=float(rst.truncated), tokens=float(n_total))
+                       overlong_trajectories=float(rst.overlong), truncated_tokens=float(rst.truncated),
+                       tokens=float(n_total))
+        metrics["trained_trajectories"] -= rst.overlong
         if n_total == 0:   # nothing to learn from: keep weights and version
             metrics.update(skipped_update=1.0, version=float(self.version), loss=0.0,
                            update_seconds=time.perf_counter() - t0)

@@ -36,7 +36,7 @@ def main() -> None:
 
     from sleuth.agent import Environment
     from sleuth.evals.run import EvalConfig, run_eval
-    from sleuth.evals.tasks import load_tasks
+    from sleuth.tasks.loaders import load_tasks
     from sleuth.policy.hf import HFPolicy
     from sleuth.trajectory import load_jsonl
 

@@ -46,8 +46,8 @@ def answer_shown(path: Path, cfg: dict, tasks: dict, rag_engine) -> dict[tuple[s
     """(task id, sample) → whether a gold answer was in what the model was shown: the observations of an
     agent's trajectory, or the passages RAG pasted (the same top-k for every sample). Correct answers among
     shown ones measure reading; the share shown measures search."""
-    from sleuth.evals.baselines import rag_contexts
-    from sleuth.evals.judges import mentions
+    from sleuth.baselines import rag_contexts
+    from sleuth.tasks.judges import mentions
 
     if cfg.get("mode") == "rag" and rag_engine is not None:
         ids = list(tasks)
@@ -144,8 +144,9 @@ def main() -> None:
                     help="index RAG searched (baseline_dev.py: hybrid search over it), to rebuild its passages")
     ap.add_argument("--out", default="benchmarks/results/rl_before_after.json")
     args = ap.parse_args()
-    from sleuth.evals.judges import make_judge
-    from sleuth.evals.tasks import is_comparison, load_tasks, question_kind
+    from sleuth.tasks.judges import make_judge
+    from sleuth.tasks.loaders import load_tasks
+    from sleuth.tasks.task import is_comparison, question_kind
 
     tasks = load_tasks("dev", limit=args.n, seed=0)
     questions = {t.id: t.question for t in tasks}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sleuth.evals.tasks import is_comparison  # noqa: E402  one definition of an "A or B?" question
+from sleuth.tasks.task import is_comparison  # noqa: E402  one definition of an "A or B?" question
 
 KEYS = ("mean_reward", "accuracy", "f1", "answered_rate", "search_rate", "format_errors_per_traj", "entropy",
         "mean_steps", "skipped_groups", "grad_norm", "rollout_seconds", "update_seconds", "iteration_seconds",

@@ -66,12 +66,12 @@ class Environment:
 
     @classmethod
     def from_index(cls, name: str | None = None, engine: str = "auto", online: bool = False, **kw) -> "Environment":
-        from sleuth.index import default_index_name, open_index
+        from sleuth.search.index import default_index_name, open_index
 
         index = open_index(name or default_index_name())
         fetcher = None
         if online:
-            from sleuth.web import WebFetcher
+            from sleuth.tools.web import WebFetcher
             fetcher = WebFetcher()
         return cls(index.engine(engine), {index.name: index.docs}, fetcher, **kw)
 

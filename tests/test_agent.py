@@ -13,7 +13,7 @@ import pytest
 
 from sleuth.agent import Agent, AgentConfig, Budget, Environment
 from sleuth.context import ContextConfig
-from sleuth.corpus import Passage
+from sleuth.search.corpus import Passage
 from sleuth.policy.base import Generation, SamplingParams
 from sleuth.trajectory import Trajectory, load_jsonl, save_jsonl
 
@@ -56,7 +56,7 @@ class ScriptedPolicy:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A real lexical (bm25s) index over three passages, built under a temporary SLEUTH_HOME."""
-    from sleuth.index import build_index, open_index
+    from sleuth.search.index import build_index, open_index
 
     home = tmp_path_factory.mktemp("home")
     src = home / "t.jsonl"

@@ -2,7 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sleuth.evals.judges import (JUDGE_SYSTEM, CoverConfig, Judge, LLMJudge, MatchJudge, answer_tokens,
+from sleuth.tasks.judges import (JUDGE_SYSTEM, CoverConfig, Judge, LLMJudge, MatchJudge, answer_tokens,
                                  cover_check, cover_match, exact_match, f1, make_judge, normalize_answer,
                                  parse_verdict, question_candidates)
 from sleuth.policy.base import ChatPolicy, ChatReply
@@ -112,7 +112,7 @@ def test_cover_with_choice_letters():
 
 
 def test_cover_never_rejects_the_gold_itself_on_real_questions():
-    from sleuth.evals.loaders import load_benchmark
+    from sleuth.tasks.loaders import load_benchmark
     from sleuth.paths import shared_data
     if not (shared_data() / "benchmarks").is_dir():
         pytest.skip("shared benchmark data not present")
@@ -321,7 +321,7 @@ def test_llm_judge_over_an_openai_compatible_server(monkeypatch):
 
 
 def test_mentions_needs_whole_normalised_words():
-    from sleuth.evals.judges import mentions
+    from sleuth.tasks.judges import mentions
 
     shown = "[1] Paris: Paris is the capital of France, on the Seine. Population 2,102,650."
     assert mentions(shown, ["the Seine"]) and mentions(shown, ["nothing", "2,102,650"])

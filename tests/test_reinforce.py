@@ -351,7 +351,7 @@ def test_replay_buffer_roundtrip_and_eviction():
 
 
 def test_rollout_scoring_requires_evidence_when_asked():
-    from sleuth.evals.judges import make_judge
+    from sleuth.tasks.judges import make_judge
     from sleuth.rl.rollout import AgentRollout
 
     def scored(evidence_url, require):

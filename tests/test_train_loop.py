@@ -14,7 +14,7 @@ def setup(tmp_path_factory, smol_tokenizer):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sleuth.index import build_index
+    from sleuth.search.index import build_index
 
     root = tmp_path_factory.mktemp("rl")
     old = os.environ.get("SLEUTH_HOME")
@@ -82,7 +82,7 @@ def test_train_checkpoints_resumes_and_exports(setup):
 
 
 def test_split_tasks_mixes_sources_filters_datasets_and_removes_the_holdout(tmp_path):
-    from sleuth.evals.tasks import load_tasks
+    from sleuth.tasks.loaders import load_tasks
     from sleuth.paths import shared_data
     from sleuth.rl.train import load_run_config, split_tasks
 
@@ -107,7 +107,7 @@ def test_split_tasks_mixes_sources_filters_datasets_and_removes_the_holdout(tmp_
 
 
 def test_question_kind_separates_guessable_questions():
-    from sleuth.evals.tasks import Task, question_kind
+    from sleuth.tasks.task import Task, question_kind
 
     def kind(q, a):
         return question_kind(Task("t", q, [a], "x"))
@@ -120,7 +120,7 @@ def test_question_kind_separates_guessable_questions():
 
 
 def test_train_filters_question_kinds_and_unreachable_tasks(setup, tmp_path):
-    from sleuth.index import open_index
+    from sleuth.search.index import open_index
     from sleuth.rl.train import keep_reachable, load_run_config, split_tasks
 
     root, model_dir, _ = setup

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sleuth.evals import report
-from sleuth.evals.judges import make_judge
-from sleuth.evals.tasks import Task, load_tasks
+from sleuth.tasks.judges import make_judge
+from sleuth.tasks.loaders import load_tasks
+from sleuth.tasks.task import Task
 
 MODES = ("agent", "rag", "closed-book")
 
@@ -25,7 +26,7 @@ MODES = ("agent", "rag", "closed-book")
 @dataclass
 class EvalConfig:
     benchmark: str = "dev"
-    """Benchmark name (see sleuth.evals.loaders.BENCHMARKS) or a JSONL/CSV file of question/answer pairs."""
+    """Benchmark name (see sleuth.tasks.loaders.BENCHMARKS) or a JSONL/CSV file of question/answer pairs."""
     mode: str = "agent"
     """agent | rag (retrieve-then-read) | closed-book (no tools)."""
     limit: int | None = None
@@ -169,7 +170,7 @@ def _run_batch(cfg: EvalConfig, policy, env, batch: list[tuple[Task, int]], traj
                          "stats": tr.stats(), "trajectory_id": tr.id})
         save_jsonl(trajs, traj_file)
         return rows
-    from sleuth.evals.baselines import answer_batch
+    from sleuth.baselines import answer_batch
     from sleuth.policy.base import SamplingParams
 
     t0 = time.time()

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from sleuth.agent import Agent, AgentConfig, Budget, Environment
-from sleuth.evals.tasks import Task
+from sleuth.tasks.task import Task
 from sleuth.rewards import grounded
 from sleuth.rl.buffer import ReplayBuffer
 from sleuth.rl.reinforce import Scored

@@ -42,7 +42,7 @@ class RunConfig:
     source dataset ("nq"). With several task sources, each keeps what matches; at least one must match."""
     question_kinds: list[str] | None = None
     """Only train on these kinds of question (None = all): "open", "comparison", "yes/no"
-    (`sleuth.evals.tasks.question_kind`). Leaving out comparison and yes/no questions keeps a gain on
+    (`sleuth.tasks.task.question_kind`). Leaving out comparison and yes/no questions keeps a gain on
     dev from coming out of guessing between the candidates a question names."""
     reachable_k: int = 0
     """Keep only tasks whose gold answer occurs in the top `reachable_k` results of searching the question
@@ -88,9 +88,10 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
 def split_tasks(cfg: RunConfig, with_validation: bool = False):
     """Training tasks minus the evaluation holdout (and any near-identical question), minus the validation
     split; with ``with_validation`` returns (train, holdout, validation)."""
-    from sleuth.evals.judges import normalize_answer
-    from sleuth.evals.loaders import QA_FILE_SUFFIXES
-    from sleuth.evals.tasks import QUESTION_KINDS, in_datasets, load_tasks, question_kind
+    from sleuth.tasks.judges import normalize_answer
+    from sleuth.tasks.loaders import QA_FILE_SUFFIXES
+    from sleuth.tasks.loaders import load_tasks
+    from sleuth.tasks.task import QUESTION_KINDS, in_datasets, question_kind
 
     held = load_tasks(cfg.holdout_benchmark, limit=cfg.holdout, seed=cfg.holdout_seed) if cfg.holdout else []
     held_ids = {t.id for t in held}
@@ -128,7 +129,7 @@ def in_validation(task_id: str, share: float, seed: int) -> bool:
 def keep_reachable(tasks, engine, k: int, batch: int = 64):
     """The tasks whose gold answer (normalised) occurs in the title or snippet of one of the top-k results
     of searching the task's question verbatim — a cheap check that the environment can show the answer."""
-    from sleuth.evals.judges import mentions
+    from sleuth.tasks.judges import mentions
 
     kept = []
     for i in range(0, len(tasks), batch):
@@ -145,7 +146,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     import torch
 
     from sleuth.agent import AgentConfig, Budget, Environment
-    from sleuth.evals.judges import make_judge
+    from sleuth.tasks.judges import make_judge
     from sleuth.policy.hf import HFPolicy, adapter_dir
     from sleuth.rl.buffer import ReplayBuffer
     from sleuth.rl.checkpoint import load_latest, load_weights, save
@@ -239,7 +240,7 @@ def validate_checkpoint(cfg: RunConfig, run_dir: str | Path, checkpoint: str | P
     import tempfile
 
     from sleuth.agent import AgentConfig, Environment
-    from sleuth.evals.judges import make_judge
+    from sleuth.tasks.judges import make_judge
     from sleuth.policy.hf import HFPolicy
     from sleuth.rl.rollout import AgentRollout
 

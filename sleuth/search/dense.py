@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sleuth import paths
-from sleuth.docstore import DocStore
+from sleuth.search.docstore import DocStore
 from sleuth.search.base import SearchEngine, SearchResponse, SearchResult
 from sleuth.search.lexical import Ranked, batch_responses, to_results
 

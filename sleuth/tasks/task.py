@@ -1,15 +1,14 @@
-"""One evaluation question (``Task``) and ``load_tasks``, the single entry point for getting tasks.
+"""One question to answer (``Task``) and the kinds of question a report or a training mix keeps apart.
 
-``load_tasks`` takes either a registered benchmark name (see ``sleuth.evals.loaders.BENCHMARKS``), several
-names joined by commas, or the path of the user's own JSONL / JSON / CSV / TSV file of question-answer pairs.
+Tasks come from ``sleuth.tasks.loaders.load_tasks`` (a benchmark name or a question-answer file) or from
+``sleuth.synth``.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 @dataclass(repr=False)
@@ -54,46 +53,6 @@ class Task:
 def in_datasets(task: Task, wanted: set[str]) -> bool:
     """Whether the task's dataset ("dev-nq") or its source dataset ("nq") is one of ``wanted``."""
     return task.dataset in wanted or task.metadata.get("source_dataset") in wanted
-
-
-def load_tasks(path_or_name: str | Path, limit: int | None = None,
-               datasets: Iterable[str] | None = None, *, seed: int | None = None,
-               data_dir: str | Path | None = None) -> list[Task]:
-    """Tasks from a benchmark name ("simpleqa", "dev", "r1s-hotpotqa,r1s-2wiki") or a JSONL/JSON/CSV path.
-
-    ``datasets`` keeps tasks whose ``dataset`` (e.g. "dev-hotpotqa") or original source dataset
-    (``metadata["source_dataset"]``, e.g. "hotpotqa") is listed; it applies before ``limit``.
-    ``seed`` shuffles deterministically before ``limit`` (the files are often sorted by dataset, so the
-    first N rows of a mixed set are not a fair sample).
-    """
-    from sleuth.evals import loaders  # loaders imports Task from here
-
-    spec = str(path_or_name).strip()
-    path = Path(spec).expanduser()
-    if path.is_file():
-        tasks = loaders.load_qa_file(path)
-    elif all(part.strip() in loaders.BENCHMARKS for part in spec.split(",")) and spec:
-        tasks = []
-        for part in spec.split(","):
-            tasks += loaders.load_benchmark(part.strip(), data_dir=data_dir)
-    elif path.suffix.lower() in loaders.QA_FILE_SUFFIXES or "/" in spec:
-        raise loaders.BenchmarkError(f"task file {spec!r} does not exist")
-    else:
-        unknown = [p.strip() for p in spec.split(",") if p.strip() not in loaders.BENCHMARKS]
-        raise loaders.BenchmarkError(
-            f"unknown benchmark {', '.join(map(repr, unknown)) or repr(spec)}; valid names: "
-            f"{', '.join(loaders.BENCHMARKS)} (or give the path of a .jsonl/.json/.csv/.tsv file)")
-
-    if datasets is not None:
-        wanted = {datasets} if isinstance(datasets, str) else set(datasets)
-        kept = [t for t in tasks if in_datasets(t, wanted)]
-        if not kept:
-            have = {t.dataset for t in tasks} | {t.metadata.get("source_dataset", "") for t in tasks}
-            have = sorted(have - {""})
-            raise loaders.BenchmarkError(
-                f"no task of {spec!r} belongs to datasets {sorted(wanted)}; available: {', '.join(have)}")
-        tasks = kept
-    return loaders.take(tasks, limit, seed)
 
 
 _CHOICE = re.compile(r"\bor\b", re.IGNORECASE)

@@ -2,7 +2,8 @@
 
 Reads the per-sample records `benchmarks/baseline_dev.py` wrote for the untrained modes (closed-book, RAG,
 agent) and for the trained agent, and reports, overall and split by question type:
-  * comparison — "A or B?" questions, where naming either candidate is right half the time by luck;
+  * comparison — candidate questions ("A or B?", "out of A and B?"; `sleuth.tasks.task.is_candidate_question`),
+    where naming either candidate is right half the time by luck;
   * yes/no — a gold answer of yes or no (a coin flip again), its own split unless --reference rows are reused;
   * open — every other question.
 A gain that lives only in the comparison split is a choice between two names the question already gives,
@@ -146,7 +147,7 @@ def main() -> None:
     args = ap.parse_args()
     from sleuth.tasks.judges import make_judge
     from sleuth.tasks.loaders import load_tasks
-    from sleuth.tasks.task import is_comparison, question_kind
+    from sleuth.tasks.task import is_candidate_question, question_kind
 
     tasks = load_tasks("dev", limit=args.n, seed=0)
     questions = {t.id: t.question for t in tasks}
@@ -154,7 +155,7 @@ def main() -> None:
     # Reused reference rows were split in two (comparison / everything else); a new row must be split the
     # same way to sit beside them. Without a reference, yes/no questions get their own split.
     if args.reference is not None:
-        kinds = {t.id: "comparison" if is_comparison(t.question) else "open" for t in tasks}
+        kinds = {t.id: "comparison" if is_candidate_question(t.question) else "open" for t in tasks}
     else:
         kinds = {t.id: question_kind(t) for t in tasks}
     kinds = dict(sorted(kinds.items(), key=lambda kv: ("comparison", "yes/no", "open").index(kv[1])))
@@ -196,7 +197,7 @@ def main() -> None:
             r["verdict"] = judge.judge(t.question, r.get("answer"), t.answers).to_dict()
         res[name] = summarise(recs, kinds, args.k, answer_shown(path, configs[name], by_id, rag_engine))
         per_q[name] = per_question_pass1(recs)
-    n_cmp = sum(is_comparison(q) for q in questions.values())
+    n_cmp = sum(is_candidate_question(q) for q in questions.values())
     out = {"tasks": what, "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,
            "reference": str(args.reference) if args.reference else None}

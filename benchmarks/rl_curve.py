@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sleuth.tasks.task import is_comparison  # noqa: E402  one definition of an "A or B?" question
+from sleuth.tasks.task import is_candidate_question  # noqa: E402  the one definition of a candidate question
 
 KEYS = ("mean_reward", "accuracy", "f1", "answered_rate", "search_rate", "format_errors_per_traj", "entropy",
         "mean_steps", "skipped_groups", "grad_norm", "rollout_seconds", "update_seconds", "iteration_seconds",
@@ -57,7 +57,7 @@ def main() -> None:
         r = json.loads(line)
         correct = bool(r["verdict"]["correct"] and r["verdict"].get("grounded", True))
         if r["iteration"] > half:
-            kind = "comparison" if is_comparison(r["question"]) else "open"
+            kind = "comparison" if is_candidate_question(r["question"]) else "open"
             by_type[kind][0] += 1
             by_type[kind][1] += correct
         key = ("second_half" if r["iteration"] > half else "first_half",

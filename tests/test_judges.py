@@ -2,10 +2,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sleuth.tasks.judges import (JUDGE_SYSTEM, CoverConfig, Judge, LLMJudge, MatchJudge, answer_tokens,
-                                 cover_check, cover_match, exact_match, f1, make_judge, normalize_answer,
-                                 parse_verdict, question_candidates)
 from sleuth.policy.base import ChatPolicy, ChatReply
+from sleuth.tasks.judges import (JUDGE_SYSTEM, CoverConfig, Judge, LLMJudge, MatchJudge, cover_check, cover_match,
+                                 exact_match, f1, make_judge, parse_verdict)
+from sleuth.tasks.normalize import answer_tokens, normalize_answer
+from sleuth.tasks.task import question_candidates
 
 
 @pytest.mark.parametrize("raw,norm", [
@@ -71,6 +72,49 @@ def test_question_candidates():
     assert question_candidates("In what city, town, or village did Ciara perform on July 10, 2009?") == []
     assert question_candidates("Which condition is violated?\n\nAnswer Choices:\nA. Dominance\nB. Non-Elitism\n"
                                "C. Weak Non-Sadism") == ["A", "B", "C"]
+
+
+# Real dev questions on which the bare "or" rule and the option parser used to disagree.
+CANDIDATE_QUESTIONS = [
+    # options the parser cannot split (a comma or a question mark inside an option, no question mark)
+    "Which film has the director born first, S Durga or Sweet Emma, Dear Böbe?",
+    "Which film has the director who died later, What Will You Do When You Catch Me? or School On Fire?",
+    "Which museum was established first, Balzekas Museum Of Lithuanian Culture or Peace Museum, Bradford?",
+    "Who was born first, Erika Jayne or Marco Da Silva",
+    # options without an "or"
+    "Who was born first out of Heng Pov and Rajesh Bhola?",
+]
+OPEN_QUESTIONS = [
+    "What football club plays in the area between the old tool gates: Brook Bar and Trafford bar?",
+    "Who founded the company that makes the iPhone?",
+]
+
+
+def test_one_definition_of_a_candidate_question():
+    from sleuth.tasks.task import Task, is_candidate_question, question_kind
+
+    for q in CANDIDATE_QUESTIONS:
+        assert is_candidate_question(q), q
+        assert question_kind(Task("t", q, ["x"], "dev")) == "comparison", q
+    for q in OPEN_QUESTIONS:
+        assert not is_candidate_question(q) and question_candidates(q) == [], q
+        assert question_kind(Task("t", q, ["x"], "dev")) == "open", q
+    # the judge reads the same options: naming the other candidate is a hedge, naming a place in an
+    # apposition is not
+    assert cover_match("Heng Pov and Rajesh Bhola", ["Heng Pov"], CANDIDATE_QUESTIONS[-1]) == 0.0
+    assert cover_match("Manchester United, by Trafford Bar", ["Manchester United"], OPEN_QUESTIONS[0]) == 1.0
+
+
+def test_candidate_questions_on_the_dev_set():
+    from sleuth.paths import shared_data
+    from sleuth.tasks.loaders import load_tasks
+    from sleuth.tasks.task import is_candidate_question
+
+    if not (shared_data() / "qa").is_dir():
+        pytest.skip("shared dev data not present")
+    questions = [t.question for t in load_tasks("dev")]
+    assert all(is_candidate_question(q) for q in questions if question_candidates(q))
+    assert sum(map(is_candidate_question, questions)) == 82
 
 
 Q_FILMS = "Which film came out earlier, Mr. Fix-It or People Not As Bad As They Seem?"

@@ -88,7 +88,7 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
 def split_tasks(cfg: RunConfig, with_validation: bool = False):
     """Training tasks minus the evaluation holdout (and any near-identical question), minus the validation
     split; with ``with_validation`` returns (train, holdout, validation)."""
-    from sleuth.tasks.judges import normalize_answer
+    from sleuth.tasks.normalize import normalize_answer
     from sleuth.tasks.loaders import QA_FILE_SUFFIXES
     from sleuth.tasks.loaders import load_tasks
     from sleuth.tasks.task import QUESTION_KINDS, in_datasets, question_kind

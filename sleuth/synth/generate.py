@@ -26,7 +26,7 @@ from datetime import date
 from typing import Any, Callable, Iterable, Iterator
 
 from sleuth.search.corpus import Passage
-from sleuth.tasks.judges import normalize_answer
+from sleuth.tasks.normalize import normalize_answer
 from sleuth.tasks.task import Task
 
 

@@ -18,7 +18,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from sleuth.tasks.judges import cover_match, normalize_answer
+from sleuth.tasks.judges import cover_match
+from sleuth.tasks.normalize import normalize_answer
 from sleuth.tasks.task import Task
 
 if TYPE_CHECKING:

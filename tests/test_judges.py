@@ -2,6 +2,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from replay_servers import chat_server
 from sleuth.policy.base import ChatPolicy, ChatReply
 from sleuth.tasks.judges import (JUDGE_SYSTEM, CoverConfig, Judge, LLMJudge, MatchJudge, cover_check, cover_match,
                                  exact_match, f1, make_judge, parse_verdict)
@@ -302,48 +303,27 @@ def test_llm_judge_failures_and_empty_answers_do_not_raise():
 def test_make_judge():
     assert make_judge("em").name == "match:em"
     assert make_judge("llm", FixedPolicy("VERDICT: CORRECT")).name == "llm:fixed-judge"
-    with pytest.raises(ValueError, match="needs a ChatPolicy"):
+
+
+def test_make_judge_without_a_model_says_what_to_set(monkeypatch):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY", "JUDGE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="judge_model"):
         make_judge("llm")
-
-
-def _chat_server(replies):
-    """Loopback OpenAI-compatible chat-completions server: answers each POST with the next scripted reply."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    requests = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            requests.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
-            status, text = replies.pop(0)
-            body = ({"id": "chatcmpl-1", "object": "chat.completion", "created": 1718000000, "model": "judge",
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                  "finish_reason": "stop", "logprobs": None}],
-                     "usage": {"prompt_tokens": 200, "completion_tokens": 12, "total_tokens": 212}}
-                    if status == 200 else
-                    {"error": {"message": text, "type": "server_error", "param": None, "code": None}})
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1", requests
+    with pytest.raises(ValueError, match="JUDGE_KEY"):
+        make_judge("llm", model="gpt-x", api_key_env="JUDGE_KEY")
+    with pytest.raises(ValueError, match="API key"):                     # the OpenAI API needs a key
+        make_judge("llm", model="gpt-x")
+    monkeypatch.setenv("JUDGE_KEY", "k")
+    assert make_judge("llm", model="gpt-x", api_key_env="JUDGE_KEY").name == "llm:gpt-x"
+    assert make_judge("llm", base_url="http://127.0.0.1:9/v1").name == "llm:default"   # local: no key
 
 
 def test_llm_judge_over_an_openai_compatible_server(monkeypatch):
     openai_policy = pytest.importorskip("sleuth.policy.openai_policy")
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    httpd, url, requests = _chat_server([
+    httpd, url, requests = chat_server([
         (200, "REASON: Hedges between the two films.\nVERDICT: INCORRECT"),
         (200, "Sure! The verdict is: correct"),
         (500, "model overloaded"),

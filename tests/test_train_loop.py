@@ -81,6 +81,27 @@ def test_train_checkpoints_resumes_and_exports(setup):
     assert pol.version == load_latest(out).version
 
 
+def test_llm_judge_can_be_the_training_reward(monkeypatch, tmp_path):
+    from replay_servers import chat_server
+    from sleuth.rl.train import build_judge, load_run_config
+
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="judge_model"):             # no model or server: says what to set
+        build_judge(load_run_config(None, judge="llm"))
+    httpd, url, requests = chat_server([(200, "REASON: Same city.\nVERDICT: CORRECT")])
+    try:
+        config = tmp_path / "run.toml"
+        config.write_text(f'judge = "llm"\njudge_model = "grader"\njudge_base_url = "{url}"\n')
+        judge = build_judge(load_run_config(config))
+        assert judge.name == "llm:grader"
+        v = judge.judge("Capital of France?", "Paris, France", ["Paris"])
+        assert v.correct and requests[0]["model"] == "grader"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_split_tasks_mixes_sources_filters_datasets_and_removes_the_holdout(tmp_path):
     from sleuth.tasks.loaders import load_tasks
     from sleuth.paths import shared_data

@@ -43,7 +43,11 @@ class EvalConfig:
     engine: str = "auto"
     judge: str = "cover"
     judge_model: str | None = None
+    """LLM judge (judge = "llm"): the model's name on its server."""
     judge_base_url: str | None = None
+    """LLM judge: an OpenAI-compatible server (None = the OpenAI API)."""
+    judge_api_key_env: str | None = None
+    """LLM judge: the environment variable holding its API key (None = SLEUTH_API_KEY or OPENAI_API_KEY)."""
     max_steps: int = 8
     temperature: float = 0.7
     max_new_tokens: int = 192
@@ -117,11 +121,8 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
     if policy is None:
         from sleuth.policy.loader import load_policy
         policy = load_policy(cfg.model, cfg.base_url)
-    judge_policy = None
-    if cfg.judge == "llm":
-        from sleuth.policy.openai_policy import OpenAIPolicy
-        judge_policy = OpenAIPolicy(cfg.judge_model or "default", base_url=cfg.judge_base_url)
-    judge = make_judge(cfg.judge, judge_policy)
+    judge = make_judge(cfg.judge, model=cfg.judge_model, base_url=cfg.judge_base_url,
+                       api_key_env=cfg.judge_api_key_env)
     if env is None and cfg.mode != "closed-book":
         from sleuth.agent import Environment
         env = Environment.from_index(cfg.index, engine=cfg.engine)

@@ -54,7 +54,15 @@ class RunConfig:
     index: str | None = None
     engine: str = "auto"
     judge: str = "cover"
-    """Reward judge: cover (strict: no candidate lists, no long answers) | em | f1>=T."""
+    """Reward judge: cover (strict: no candidate lists, no long answers) | em | f1>=T | llm (a model grades;
+    set judge_model and/or judge_base_url)."""
+    judge_model: str | None = None
+    """LLM judge: the model's name on its server."""
+    judge_base_url: str | None = None
+    """LLM judge: an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (None = the OpenAI API)."""
+    judge_api_key_env: str | None = None
+    """LLM judge: the environment variable holding its API key (None = SLEUTH_API_KEY or OPENAI_API_KEY; a
+    local server needs none)."""
     max_steps: int = 6
     max_new_tokens: int = 128
     prompt: str = "short-fewshot"
@@ -83,6 +91,14 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
     reward = rl.pop("reward", {})
     cfg.rl = load_config(None, **{**rl, **rl_over, "reward": reward})
     return cfg
+
+
+def build_judge(cfg: RunConfig):
+    """The run's reward judge (``cfg.judge`` with its model, server and key for the LLM judge)."""
+    from sleuth.tasks.judges import make_judge
+
+    return make_judge(cfg.judge, model=cfg.judge_model, base_url=cfg.judge_base_url,
+                      api_key_env=cfg.judge_api_key_env)
 
 
 def split_tasks(cfg: RunConfig, with_validation: bool = False):
@@ -146,13 +162,13 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     import torch
 
     from sleuth.agent import AgentConfig, Budget, Environment
-    from sleuth.tasks.judges import make_judge
     from sleuth.policy.hf import HFPolicy, adapter_dir
     from sleuth.rl.buffer import ReplayBuffer
     from sleuth.rl.checkpoint import load_latest, load_weights, save
     from sleuth.rl.reinforce import ReinforceTrainer
     from sleuth.rl.rollout import AgentRollout, curriculum_order
 
+    judge = build_judge(cfg)   # first: a judge without its model or key fails before anything loads
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
@@ -193,8 +209,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     tasks = curriculum_order(tasks, rl.seed, cfg.curriculum)
     acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=rl.temperature,
                        prompt=cfg.prompt)
-    rollout = AgentRollout(policy, env, acfg, tasks, make_judge(cfg.judge),
-                           require_evidence=rl.reward.require_evidence)
+    rollout = AgentRollout(policy, env, acfg, tasks, judge, require_evidence=rl.reward.require_evidence)
     budget = Budget(cfg.rollout_seconds, cfg.rollout_tokens)
     log(f"training on {len(tasks)} tasks ({cfg.tasks}), holdout {len(held)} never trained on; "
         f"{rl.tasks_per_iteration}×{rl.group_size} trajectories per iteration")
@@ -240,7 +255,6 @@ def validate_checkpoint(cfg: RunConfig, run_dir: str | Path, checkpoint: str | P
     import tempfile
 
     from sleuth.agent import AgentConfig, Environment
-    from sleuth.tasks.judges import make_judge
     from sleuth.policy.hf import HFPolicy
     from sleuth.rl.rollout import AgentRollout
 
@@ -249,7 +263,7 @@ def validate_checkpoint(cfg: RunConfig, run_dir: str | Path, checkpoint: str | P
     env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k, tools=("search", "browse"))
     acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens,
                        temperature=0.0 if greedy else cfg.rl.temperature, prompt=cfg.prompt)
-    rollout = AgentRollout(policy, env, acfg, tasks, make_judge(cfg.judge),
+    rollout = AgentRollout(policy, env, acfg, tasks, build_judge(cfg),
                            require_evidence=cfg.rl.reward.require_evidence)
     correct = 0
     for i in range(0, len(tasks), batch):

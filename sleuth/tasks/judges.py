@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -313,10 +314,29 @@ class LLMJudge:
         return verdict(parsed.correct, parsed.reason, raw=reply.text)
 
 
-def make_judge(spec: str = "cover", policy: ChatPolicy | None = None) -> Judge:
-    """'cover' | 'em' | 'f1>=T' → MatchJudge; 'llm' → LLMJudge(policy)."""
-    if spec == "llm":
-        if policy is None:
-            raise ValueError("the 'llm' judge needs a ChatPolicy (an OpenAI-compatible model)")
-        return LLMJudge(policy)
-    return MatchJudge(spec)
+def make_judge(spec: str = "cover", policy: ChatPolicy | None = None, *, model: str | None = None,
+               base_url: str | None = None, api_key_env: str | None = None) -> Judge:
+    """'cover' | 'em' | 'f1>=T' → MatchJudge; 'llm' → LLMJudge on ``policy``, or on the OpenAI-compatible server
+    at ``base_url`` (default: the OpenAI API) serving ``model``, with the API key read from the environment
+    variable ``api_key_env`` (default: SLEUTH_API_KEY or OPENAI_API_KEY; a local server needs none).
+
+    Building the judge makes no request; a missing model/server or key is a ValueError that says what to set.
+    """
+    if spec != "llm":
+        return MatchJudge(spec)
+    if policy is None:
+        if not (model or base_url or os.environ.get("OPENAI_BASE_URL")):
+            raise ValueError("the 'llm' judge needs a model: set judge_model (the model's name) and/or "
+                             "judge_base_url (an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1)")
+        api_key = None
+        if api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise ValueError(f"the 'llm' judge reads its API key from ${api_key_env}, which is not set")
+        from sleuth.policy.openai_policy import OpenAIPolicy, PolicyError
+
+        try:
+            policy = OpenAIPolicy(model or "default", base_url=base_url, api_key=api_key)
+        except PolicyError as e:
+            raise ValueError(f"cannot build the 'llm' judge: {e}") from None
+    return LLMJudge(policy)

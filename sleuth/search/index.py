@@ -253,7 +253,7 @@ def build_index(source: str | Path | None = None, name: str | None = None, *, de
     target = paths.index_dir(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(target)
-    dense_config = dense_config or dense_mod.DenseConfig(batch_size=batch_size)
+    dense_config = dense_config or dense_mod.DenseConfig()
     work = target.parent / f".{name}.{time.time_ns()}"
     work.mkdir()
     try:

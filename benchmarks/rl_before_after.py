@@ -49,6 +49,7 @@ def answer_shown(path: Path, cfg: dict, tasks: dict, rag_engine) -> dict[tuple[s
     shown ones measure reading; the share shown measures search."""
     from sleuth.baselines import rag_contexts
     from sleuth.tasks.judges import mentions
+    from sleuth.trajectory import Trajectory
 
     if cfg.get("mode") == "rag" and rag_engine is not None:
         ids = list(tasks)
@@ -68,7 +69,7 @@ def answer_shown(path: Path, cfg: dict, tasks: dict, rag_engine) -> dict[tuple[s
         # observations after the task's own question (the few-shot examples before it have their own answers)
         start = max(i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"] == task.question)
         seen = " ".join(m["content"] for m in msgs[start + 1:] if m["role"] == "user")
-        shown[(task.id, tr["meta"].get("sample", 0))] = mentions(seen, task.answers)
+        shown[(task.id, Trajectory.from_dict(tr).member)] = mentions(seen, task.answers)
     return shown
 
 

@@ -156,14 +156,20 @@ class ChatGlue:
 # ------------------------------------------------------------------------------------------ the loop
 
 
+ResumeState = dict[str, Any]
+"""What continues a suspended trajectory besides the trajectory itself: the context chunks, the text seen per
+URL and whether the last reply ended with eos. JSON-serialisable (the replay buffer saves it in checkpoints)."""
+
+
 @dataclass
 class _Run:
-    """In-flight state of one trajectory (everything needed to resume it lives on the Trajectory)."""
+    """In-flight state of one trajectory."""
     traj: Trajectory
     session: ToolSession
     chunks: list[Chunk]
     seen: dict[str, str]
     ended_with_eos: bool = False
+    suspended: ResumeState | None = None   # set when the budget ran out before the trajectory finished
 
 
 Event = Callable[[Trajectory, str, dict[str, Any]], None]
@@ -187,17 +193,25 @@ class Agent:
         return self.run_batch([question], [task_id])[0]
 
     def run_batch(self, questions: list[str], task_ids: list[str] | None = None,
-                  resume: list[Trajectory] | None = None, budget: Budget | None = None) -> list[Trajectory]:
-        """Run questions (and resumed unfinished trajectories) to completion or until the budget is spent."""
+                  budget: Budget | None = None) -> list[Trajectory]:
+        """Run questions to completion (or until the budget is spent: those come back ``unfinished``)."""
+        return [t for t, _ in self.run_partial(questions, task_ids, budget=budget)]
+
+    def run_partial(self, questions: list[str], task_ids: list[str] | None = None,
+                    resume: list[tuple[Trajectory, ResumeState]] | None = None, budget: Budget | None = None
+                    ) -> list[tuple[Trajectory, ResumeState | None]]:
+        """Run new questions and continue suspended trajectories (each with the state it was suspended with)
+        until they finish or the budget is spent. Returns every trajectory with its resume state: a
+        JSON-serialisable dict for one left unfinished in token mode, None otherwise."""
         task_ids = task_ids or [""] * len(questions)
         runs = [self._start(q, tid) for q, tid in zip(questions, task_ids)]
-        runs += [self._resume(t) for t in resume or []]
+        runs += [self._resume(t, state) for t, state in resume or []]
         if self.token_mode:
             self._loop_tokens(runs, budget or Budget())
         else:
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(runs)))) as pool:
                 list(pool.map(lambda r: self._loop_chat(r, budget or Budget()), runs))
-        return [r.traj for r in runs]
+        return [(r.traj, r.suspended) for r in runs]
 
     # ---- start / resume
     def _start(self, question: str, task_id: str) -> _Run:
@@ -217,19 +231,18 @@ class Agent:
                                "context_manager": self.cfg.context.enabled}
         return _Run(traj, self.env.session(), chunks, {})
 
-    def _resume(self, traj: Trajectory) -> _Run:
-        state = traj.meta.pop("resume", None)
-        if state is None:
-            raise ValueError(f"trajectory {traj.id} has no resume state (finish_reason={traj.finish_reason!r})")
+    def _resume(self, traj: Trajectory, state: ResumeState) -> _Run:
+        if traj.finish_reason != "unfinished":
+            raise ValueError(f"trajectory {traj.id} is not resumable (finish_reason={traj.finish_reason!r})")
         traj.finish_reason = ""
         chunks = [Chunk(**c) for c in state["chunks"]]
-        return _Run(traj, self.env.session(), chunks, state["seen"], state["ended_with_eos"])
+        return _Run(traj, self.env.session(), chunks, dict(state["seen"]), state["ended_with_eos"])
 
     def _suspend(self, run: _Run) -> None:
         """Budget spent: keep everything needed to continue later with newer weights."""
         run.traj.finish_reason = "unfinished"
-        run.traj.meta["resume"] = {"chunks": [c.to_dict() for c in run.chunks], "seen": run.seen,
-                                   "ended_with_eos": run.ended_with_eos}
+        run.suspended = {"chunks": [c.to_dict() for c in run.chunks], "seen": run.seen,
+                         "ended_with_eos": run.ended_with_eos}
         run.session.close()
 
     def _end(self, run: _Run, reason: str) -> None:
@@ -402,7 +415,7 @@ class Agent:
             traj.answer = action.args["answer"]
             traj.citations, traj.dropped_citations = kept, dropped
             # where (if anywhere) the answer occurs in what the agent was shown: the grounding a reward can ask for
-            traj.meta["evidence_url"] = citations.answer_in_evidence(traj.answer, run.seen)
+            traj.evidence_url = citations.answer_in_evidence(traj.answer, run.seen)
             self.on_event(traj, "action", {"step": step, "tool": "finish", "args": action.args})
             self._end(run, "finish")
             return None

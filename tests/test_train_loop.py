@@ -67,13 +67,20 @@ def test_train_checkpoints_resumes_and_exports(setup):
     assert ck is not None and ck.iteration == 1 and ck.cursor == 2
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["iteration"] == 1
-    assert len((out / "rollouts.jsonl").read_text().splitlines()) == 6   # 2 tasks × 3 samples
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 6                                            # 2 tasks × 3 samples
+    assert all(r["gold"] and set(r["judgement"]) >= {"correct", "reward", "grounded"} for r in rollouts)
+    assert {"overlong_trajectories", "truncated_tokens"} <= set(m)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 1 and summary["overlong_trajectories"] == m["overlong_trajectories"]
+    assert summary["trajectories"] == 6
 
     # starting again without --resume must not overwrite the run
     with pytest.raises(ValueError, match="--resume"):
         train(_cfg(model_dir, tasks), out, iterations=2, log=lambda s: None)
     hist = train(_cfg(model_dir, tasks), out, iterations=2, resume=True, log=lambda s: None)
     assert [h["iteration"] for h in hist] == [1, 2]
+    assert json.loads((out / "summary.json").read_text())["trajectories"] == 12   # totals over the whole run
     assert load_latest(out).cursor == 4
 
     exported = export_policy(out, root / "exported")

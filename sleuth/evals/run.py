@@ -166,7 +166,7 @@ def _run_batch(cfg: EvalConfig, policy, env, batch: list[tuple[Task, int]], traj
                            max_new_tokens=cfg.max_new_tokens, prompt=cfg.prompt)
         trajs = Agent(policy, env, acfg).run_batch(questions, [t.id for t, _ in batch])
         for (task, s), tr in zip(batch, trajs):
-            tr.meta.update({"sample": s, "gold": task.answers, "dataset": task.dataset})
+            tr.gold, tr.dataset, tr.group, tr.member = list(task.answers), task.dataset, task.id, s
             rows.append({"task_id": task.id, "sample": s, "dataset": task.dataset, "answer": tr.answer,
                          "stats": tr.stats(), "trajectory_id": tr.id})
         save_jsonl(trajs, traj_file)

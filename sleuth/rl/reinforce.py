@@ -1,11 +1,12 @@
 """REINFORCE on agent trajectories: the whole objective, top to bottom, in one file.
 
-What goes in: groups of finished trajectories (one group = several attempts at the same task) with their
-correctness. What comes out: one AdamW step on the policy and a new weight version. Rollouts live elsewhere;
+What goes in: groups of finished trajectories (one group = several attempts at the same task), each scored by
+``sleuth.rewards`` (its ``judgement``: correct, outcome reward). What comes out: one AdamW step on the policy and a new weight version. Rollouts live elsewhere;
 this file never samples.
 
-1) Reward. ``rewards.outcome_reward`` (correct/incorrect, optional F1 partial credit, format and budget
-   penalties), spread over the agent's steps by gamma-decay for correct trajectories (``rewards.token_rewards``).
+1) Reward. Decided before the update, in one place (``rewards.score``: correct/incorrect, grounding, optional F1
+   partial credit, format and budget penalties) and read from ``traj.judgement``; spread over the agent's steps
+   by gamma-decay for correct trajectories (``rewards.token_rewards``).
 2) Advantage. Per-token reward minus the group's mean outcome reward (optionally divided by the group std,
    ``normalize_std``). A group whose rewards are all equal carries no signal: it is counted and skipped.
 3) Negative-sample control. A seeded fraction of the failed trajectories (``negative_drop_frac``) is left out
@@ -32,21 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..rewards import outcome_reward, token_rewards
+from ..rewards import require_judgement, token_rewards
 from ..trajectory import Segment, Trajectory
 from .config import TrainConfig
 
 
-@dataclass
-class Scored:
-    """A finished trajectory and its judgement; ``reward`` None means ``outcome_reward(traj, correct, f1=f1)``."""
-    traj: Trajectory
-    correct: bool
-    reward: float | None = None
-    f1: float = 0.0            # token F1 of the answer vs gold (partial credit, if the reward config gives any)
-
-
-Group = list[Scored]   # attempts at the same task; their mean reward is the baseline
+Group = list[Trajectory]   # attempts at the same task, each with its judgement; their mean reward is the baseline
 
 
 # ------------------------------------------------------------------------------------------- 1-3. selection
@@ -69,8 +61,7 @@ def negatives_to_drop(n_failed: int, frac: float, seed: int, version: int) -> se
 
 @dataclass
 class Selected:
-    scored: Scored
-    reward: float
+    traj: Trajectory
     baseline: float
     scale: float
 
@@ -80,15 +71,14 @@ def select(groups: list[Group], cfg: TrainConfig, version: int) -> tuple[list[Se
     kept: list[Selected] = []
     skipped, all_rewards = 0, []
     for group in groups:
-        rewards = [outcome_reward(s.traj, s.correct, cfg.reward, f1=s.f1) if s.reward is None else float(s.reward)
-                   for s in group]
+        rewards = [require_judgement(t).reward for t in group]
         all_rewards += rewards
         adv = group_advantage(rewards, cfg.normalize_std)
         if adv is None:
             skipped += 1
             continue
-        kept += [Selected(s, r, *adv) for s, r in zip(group, rewards)]
-    failed = [i for i, s in enumerate(kept) if not s.scored.correct]
+        kept += [Selected(t, *adv) for t in group]
+    failed = [i for i, s in enumerate(kept) if not require_judgement(s.traj).correct]
     drop = negatives_to_drop(len(failed), cfg.negative_drop_frac, cfg.seed, version)
     drop_ids = {failed[i] for i in drop}
     kept = [s for i, s in enumerate(kept) if i not in drop_ids]
@@ -99,7 +89,7 @@ def select(groups: list[Group], cfg: TrainConfig, version: int) -> tuple[list[Se
         "trained_trajectories": float(len(kept)),
         "dropped_negatives": float(len(drop_ids)),
         "mean_reward": float(np.mean(all_rewards)) if all_rewards else 0.0,
-        "accuracy": float(np.mean([s.correct for g in groups for s in g])) if all_rewards else 0.0,
+        "accuracy": float(np.mean([require_judgement(t).correct for g in groups for t in g])) if groups else 0.0,
     }
     return kept, stats
 
@@ -141,7 +131,7 @@ def build_rows(selected: list[Selected], cfg: TrainConfig, version: int) -> tupl
     """
     rows, st = [], RowStats()
     for sel in selected:
-        traj = sel.scored.traj
+        traj = sel.traj
         for seg in traj.segments:
             if not (len(seg.mask) == len(seg.logprobs) == len(seg.versions) == len(seg.steps)
                     == len(seg.token_ids)):
@@ -151,7 +141,7 @@ def build_rows(selected: list[Selected], cfg: TrainConfig, version: int) -> tupl
             st.overlong += 1
             st.truncated += sum(max(n - cfg.max_seq_len, 0) for n in lengths)
             continue
-        per_seg = token_rewards(traj, sel.scored.correct, cfg.reward, reward=sel.reward)
+        per_seg = token_rewards(traj, cfg.reward)
         for seg, rew, n in zip(traj.segments, per_seg, lengths):
             if n < 2:
                 continue
@@ -330,9 +320,9 @@ class ReinforceTrainer:
         t0 = time.perf_counter()
         cfg = self.cfg
         for g in groups:
-            for s in g:
-                if not s.traj.finished:
-                    raise ValueError(f"trajectory {s.traj.id} is not finished ({s.traj.finish_reason!r}); "
+            for t in g:
+                if not t.finished:
+                    raise ValueError(f"trajectory {t.id} is not finished ({t.finish_reason!r}); "
                                      "unfinished runs belong in the replay buffer, not in an update")
         selected, metrics = select(groups, cfg, self.version)
         rows, rst = build_rows(selected, cfg, self.version)

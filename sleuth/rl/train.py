@@ -193,7 +193,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
             f"steps {m['mean_steps']:.2f} search {m.get('search_rate', 0):.2f} "
             f"fmt {m['format_errors_per_traj']:.2f} "
             f"entropy {m.get('entropy', float('nan')):.3f} skipped {m.get('skipped_groups', 0):.0f} "
-            f"tok/s {m['rollout_tokens_per_s']:.0f} {m['iteration_seconds']:.0f}s v{trainer.version}")
+            f"tok/s {m['rollout_tokens_per_s']:.0f} {m['iteration_seconds']:.0f}s v{trainer.version}"
+            + (f" overlong {m['overlong_trajectories']:.0f}" if m.get("overlong_trajectories") else ""))
     record.close()
     log(_summary_line(record.summary(run.history, trainer.version)))
     return run.history
@@ -251,12 +252,10 @@ def _start_or_resume(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str
 def _make_rollout(cfg: RunConfig, policy, judge, log: Callable[[str], None]):
     """The training tasks (holdout and validation removed, optionally only reachable ones, in curriculum
     order) and the rollout that runs the agent on them with the search and browse tools."""
-    from sleuth.agent import AgentConfig, Environment
     from sleuth.rl.rollout import AgentRollout, curriculum_order
 
     tasks, held = split_tasks(cfg)
-    env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k,
-                                 tools=("search", "browse"))
+    env, acfg = _agent_setup(cfg, cfg.rl.temperature)
     if cfg.reachable_k:
         n = len(tasks)
         tasks = keep_reachable(tasks, env.search_engine, cfg.reachable_k)
@@ -265,11 +264,18 @@ def _make_rollout(cfg: RunConfig, policy, judge, log: Callable[[str], None]):
         if not tasks:
             raise ValueError(f"no training task has its answer in the top {cfg.reachable_k} search results")
     tasks = curriculum_order(tasks, cfg.rl.seed, cfg.curriculum)
-    acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=cfg.rl.temperature,
-                       prompt=cfg.prompt)
     log(f"training on {len(tasks)} tasks ({cfg.tasks}), holdout {len(held)} never trained on; "
         f"{cfg.rl.tasks_per_iteration}×{cfg.rl.group_size} trajectories per iteration")
     return AgentRollout(policy, env, acfg, tasks, judge, cfg.rl.reward)
+
+
+def _agent_setup(cfg: RunConfig, temperature: float):
+    """The tools (search and browse over the run's index) and agent settings of the run's rollouts."""
+    from sleuth.agent import AgentConfig, Environment
+
+    env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k, tools=("search", "browse"))
+    return env, AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
+                            prompt=cfg.prompt)
 
 
 class _Recorder:
@@ -327,15 +333,12 @@ def validate_checkpoint(cfg: RunConfig, run_dir: str | Path, checkpoint: str | P
     included when the run requires it): the number a recipe picks its checkpoint by."""
     import tempfile
 
-    from sleuth.agent import AgentConfig, Environment
     from sleuth.policy.hf import HFPolicy
     from sleuth.rl.rollout import AgentRollout
 
     with tempfile.TemporaryDirectory(dir=run_dir) as d:
         policy = HFPolicy.load(export_policy(run_dir, Path(d) / "policy", checkpoint=checkpoint))
-    env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k, tools=("search", "browse"))
-    acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens,
-                       temperature=0.0 if greedy else cfg.rl.temperature, prompt=cfg.prompt)
+    env, acfg = _agent_setup(cfg, 0.0 if greedy else cfg.rl.temperature)
     rollout = AgentRollout(policy, env, acfg, tasks, build_judge(cfg), cfg.rl.reward)
     correct = 0
     for i in range(0, len(tasks), batch):

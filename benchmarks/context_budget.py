@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sleuth.agent import Agent, AgentConfig, Environment  # noqa: E402
 from sleuth.context import ContextConfig  # noqa: E402
-from sleuth.index import default_index_name, open_index  # noqa: E402
+from sleuth.search.index import default_index_name, open_index  # noqa: E402
 from sleuth.policy.base import Generation  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from sleuth.evals.loaders import load_benchmark
+    from sleuth.tasks.loaders import load_benchmark
     from sleuth.policy.hf import ensure_embedded_checkpoint
 
     tok = AutoTokenizer.from_pretrained(ensure_embedded_checkpoint())

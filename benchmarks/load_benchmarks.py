@@ -19,7 +19,7 @@ from rich.table import Table
 
 import sys
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout, no install needed
-from sleuth.evals.loaders import BENCHMARKS, load_benchmark
+from sleuth.tasks.loaders import BENCHMARKS, load_benchmark
 from sleuth.paths import shared_data
 
 

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from sleuth.agent import Agent, AgentConfig, Environment, load_prompt  # noqa: E402
-from sleuth.evals.tasks import load_tasks  # noqa: E402
+from sleuth.tasks.loaders import load_tasks  # noqa: E402
 from sleuth.policy.hf import HFPolicy  # noqa: E402
 from sleuth.policy.kvcache import PrefixCache  # noqa: E402
 

@@ -37,7 +37,7 @@ def main() -> None:
 
     from sleuth.agent import Environment
     from sleuth.evals.run import EvalConfig, run_eval
-    from sleuth.evals.tasks import load_tasks
+    from sleuth.tasks.loaders import load_tasks
     from sleuth.policy.hf import HFPolicy
     from sleuth.trajectory import load_jsonl
 
@@ -69,7 +69,7 @@ def main() -> None:
             "ran_code": round(sum(any(c.tool == "code" for c in t.tool_calls) for t in trajs) / len(trajs), 3),
             # answers carrying a citation the model wrote itself and that verified against what it was shown
             "model_cited": round(sum(any(c.source == "model" for c in t.citations) for t in trajs) / len(trajs), 3),
-            "grounded": round(sum(bool(t.meta.get("evidence_url")) for t in trajs) / len(trajs), 3),
+            "grounded": round(sum(bool(t.evidence_url) for t in trajs) / len(trajs), 3),
             **res["overall"]["scores"], "pass@1": round(res["overall"]["metrics"]["pass@1"], 3),
             "seconds": round(time.time() - t0, 1)}
         print(variant, rows[variant], flush=True)

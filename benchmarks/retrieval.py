@@ -37,7 +37,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from sleuth import paths  # noqa: E402
-from sleuth.index import build_index, dir_size, open_index  # noqa: E402
+from sleuth.search.index import build_index, dir_size, open_index  # noqa: E402
 from sleuth.search.hybrid import rrf  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from sleuth.rewards import score  # noqa: E402
 from sleuth.rl.buffer import ReplayBuffer  # noqa: E402
-from sleuth.rl.reinforce import ReinforceTrainer, Scored  # noqa: E402
+from sleuth.rl.reinforce import ReinforceTrainer  # noqa: E402
 from sleuth.rl.toy import ToyEnv, ToyPolicy, collect, tiny_llama, toy_config  # noqa: E402
 
 VARIANTS = {
@@ -67,7 +68,9 @@ def run(variant: dict, seed: int, iterations: int) -> list[dict]:
                                     variant.get("step_budget"))
         trajs = [t for g in groups for t in g]
         ok = [t for t in trajs if env.correct(t)]
-        m = trainer.step([[Scored(t, env.correct(t)) for t in g] for g in groups])
+        for t in trajs:
+            score(t, env.correct(t), cfg.reward)
+        m = trainer.step(groups)
         rows.append({"accuracy": len(ok) / len(trajs) if trajs else float("nan"),
                      "steps_per_correct": float(np.mean([t.steps for t in ok])) if ok else float("nan"),
                      "entropy": m.get("entropy", float("nan")),

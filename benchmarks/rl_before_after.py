@@ -2,7 +2,8 @@
 
 Reads the per-sample records `benchmarks/baseline_dev.py` wrote for the untrained modes (closed-book, RAG,
 agent) and for the trained agent, and reports, overall and split by question type:
-  * comparison — "A or B?" questions, where naming either candidate is right half the time by luck;
+  * comparison — candidate questions ("A or B?", "out of A and B?"; `sleuth.tasks.task.is_candidate_question`),
+    where naming either candidate is right half the time by luck;
   * yes/no — a gold answer of yes or no (a coin flip again), its own split unless --reference rows are reused;
   * open — every other question.
 A gain that lives only in the comparison split is a choice between two names the question already gives,
@@ -46,8 +47,9 @@ def answer_shown(path: Path, cfg: dict, tasks: dict, rag_engine) -> dict[tuple[s
     """(task id, sample) → whether a gold answer was in what the model was shown: the observations of an
     agent's trajectory, or the passages RAG pasted (the same top-k for every sample). Correct answers among
     shown ones measure reading; the share shown measures search."""
-    from sleuth.evals.baselines import rag_contexts
-    from sleuth.evals.judges import mentions
+    from sleuth.baselines import rag_contexts
+    from sleuth.tasks.judges import mentions
+    from sleuth.trajectory import Trajectory
 
     if cfg.get("mode") == "rag" and rag_engine is not None:
         ids = list(tasks)
@@ -67,7 +69,7 @@ def answer_shown(path: Path, cfg: dict, tasks: dict, rag_engine) -> dict[tuple[s
         # observations after the task's own question (the few-shot examples before it have their own answers)
         start = max(i for i, m in enumerate(msgs) if m["role"] == "user" and m["content"] == task.question)
         seen = " ".join(m["content"] for m in msgs[start + 1:] if m["role"] == "user")
-        shown[(task.id, tr["meta"].get("sample", 0))] = mentions(seen, task.answers)
+        shown[(task.id, Trajectory.from_dict(tr).member)] = mentions(seen, task.answers)
     return shown
 
 
@@ -144,8 +146,9 @@ def main() -> None:
                     help="index RAG searched (baseline_dev.py: hybrid search over it), to rebuild its passages")
     ap.add_argument("--out", default="benchmarks/results/rl_before_after.json")
     args = ap.parse_args()
-    from sleuth.evals.judges import make_judge
-    from sleuth.evals.tasks import is_comparison, load_tasks, question_kind
+    from sleuth.tasks.judges import make_judge
+    from sleuth.tasks.loaders import load_tasks
+    from sleuth.tasks.task import is_candidate_question, question_kind
 
     tasks = load_tasks("dev", limit=args.n, seed=0)
     questions = {t.id: t.question for t in tasks}
@@ -153,7 +156,7 @@ def main() -> None:
     # Reused reference rows were split in two (comparison / everything else); a new row must be split the
     # same way to sit beside them. Without a reference, yes/no questions get their own split.
     if args.reference is not None:
-        kinds = {t.id: "comparison" if is_comparison(t.question) else "open" for t in tasks}
+        kinds = {t.id: "comparison" if is_candidate_question(t.question) else "open" for t in tasks}
     else:
         kinds = {t.id: question_kind(t) for t in tasks}
     kinds = dict(sorted(kinds.items(), key=lambda kv: ("comparison", "yes/no", "open").index(kv[1])))
@@ -195,7 +198,7 @@ def main() -> None:
             r["verdict"] = judge.judge(t.question, r.get("answer"), t.answers).to_dict()
         res[name] = summarise(recs, kinds, args.k, answer_shown(path, configs[name], by_id, rag_engine))
         per_q[name] = per_question_pass1(recs)
-    n_cmp = sum(is_comparison(q) for q in questions.values())
+    n_cmp = sum(is_candidate_question(q) for q in questions.values())
     out = {"tasks": what, "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,
            "reference": str(args.reference) if args.reference else None}

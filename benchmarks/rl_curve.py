@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sleuth.evals.tasks import is_comparison  # noqa: E402  one definition of an "A or B?" question
+from sleuth.tasks.task import is_candidate_question  # noqa: E402  the one definition of a candidate question
 
 KEYS = ("mean_reward", "accuracy", "f1", "answered_rate", "search_rate", "format_errors_per_traj", "entropy",
         "mean_steps", "skipped_groups", "grad_norm", "rollout_seconds", "update_seconds", "iteration_seconds",
@@ -55,9 +55,11 @@ def main() -> None:
     rollouts = args.run / "rollouts.jsonl"
     for line in (rollouts.read_text().splitlines() if rollouts.exists() else []):
         r = json.loads(line)
-        correct = bool(r["verdict"]["correct"] and r["verdict"].get("grounded", True))
+        # judged correct and found in what the agent was shown; runs before the Judgement record wrote "verdict"
+        j = r.get("judgement") or {**r["verdict"], "judged_correct": r["verdict"]["correct"]}
+        correct = bool(j["judged_correct"] and j.get("grounded", True))
         if r["iteration"] > half:
-            kind = "comparison" if is_comparison(r["question"]) else "open"
+            kind = "comparison" if is_candidate_question(r["question"]) else "open"
             by_type[kind][0] += 1
             by_type[kind][1] += correct
         key = ("second_half" if r["iteration"] > half else "first_half",
@@ -65,7 +67,7 @@ def main() -> None:
         c = by_src.setdefault(key, {"rollouts": 0, "correct": 0, "f1_sum": 0.0})
         c["rollouts"] += 1
         c["correct"] += correct
-        c["f1_sum"] += r["verdict"].get("f1", 0.0)
+        c["f1_sum"] += j.get("f1", 0.0)
     summary["second_half_rollouts"] = {k: {"rollouts": n, "correct": c} for k, (n, c) in by_type.items()}
     summary["rollouts_by_source"] = {
         f"{h}/{src}": {"rollouts": c["rollouts"], "correct": c["correct"],

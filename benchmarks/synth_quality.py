@@ -35,7 +35,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from sleuth import paths  # noqa: E402
-from sleuth.corpus import load_jsonl  # noqa: E402
+from sleuth.search.corpus import load_jsonl  # noqa: E402
 from sleuth.synth.pipeline import SynthConfig, parse_mix, synthesize  # noqa: E402
 from sleuth.synth.reasoning import run_program  # noqa: E402
 
@@ -76,7 +76,7 @@ def span_checks(tasks, passages) -> dict:
 
 def open_or_build_lexical(corpus: Path):
     """(index, temp dir to delete or None, how it was obtained)."""
-    from sleuth.index import IndexNotFound, build_index, open_index
+    from sleuth.search.index import IndexNotFound, build_index, open_index
 
     try:
         return open_index("passages"), None, "existing index 'passages'"

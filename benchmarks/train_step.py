@@ -40,8 +40,8 @@ import torch  # noqa: E402
 
 from sleuth import paths  # noqa: E402
 from sleuth.rl.config import TrainConfig  # noqa: E402
-from sleuth.rl.reinforce import ReinforceTrainer, Scored  # noqa: E402
-from sleuth.trajectory import Segment, Trajectory  # noqa: E402
+from sleuth.rl.reinforce import ReinforceTrainer  # noqa: E402
+from sleuth.trajectory import Judgement, Segment, Trajectory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 
@@ -70,14 +70,14 @@ def make_batch(B: int, L: int, P: int, vocab: int, seed: int = 0):
 
 
 def sleuth_groups(ids: torch.Tensor, rewards: list[float], P: int, group: int, version: int
-                  ) -> list[list[Scored]]:
+                  ) -> list[list[Trajectory]]:
     trajs = []
     for row, r in zip(ids.tolist(), rewards):
         seg = Segment()
         seg.extend_context(row[:P])
         seg.extend_policy(row[P:], [-2.0] * (len(row) - P), version=version, step=0)
-        t = Trajectory(question="bench", segments=[seg], steps=1, finish_reason="finish")
-        trajs.append(Scored(t, correct=r > 0, reward=r))
+        trajs.append(Trajectory(question="bench", segments=[seg], steps=1, finish_reason="finish",
+                                judgement=Judgement(correct=r > 0, reward=r)))
     return [trajs[i:i + group] for i in range(0, len(trajs), group)]
 
 

@@ -66,12 +66,12 @@ class Environment:
 
     @classmethod
     def from_index(cls, name: str | None = None, engine: str = "auto", online: bool = False, **kw) -> "Environment":
-        from sleuth.index import default_index_name, open_index
+        from sleuth.search.index import default_index_name, open_index
 
         index = open_index(name or default_index_name())
         fetcher = None
         if online:
-            from sleuth.web import WebFetcher
+            from sleuth.tools.web import WebFetcher
             fetcher = WebFetcher()
         return cls(index.engine(engine), {index.name: index.docs}, fetcher, **kw)
 
@@ -159,14 +159,20 @@ class ChatGlue:
 # ------------------------------------------------------------------------------------------ the loop
 
 
+ResumeState = dict[str, Any]
+"""What continues a suspended trajectory besides the trajectory itself: the context chunks, the text seen per
+URL and whether the last reply ended with eos. JSON-serialisable (the replay buffer saves it in checkpoints)."""
+
+
 @dataclass
 class _Run:
-    """In-flight state of one trajectory (everything needed to resume it lives on the Trajectory)."""
+    """In-flight state of one trajectory."""
     traj: Trajectory
     session: ToolSession
     chunks: list[Chunk]
     seen: dict[str, str]
     ended_with_eos: bool = False
+    suspended: ResumeState | None = None   # set when the budget ran out before the trajectory finished
 
 
 Event = Callable[[Trajectory, str, dict[str, Any]], None]
@@ -190,17 +196,25 @@ class Agent:
         return self.run_batch([question], [task_id])[0]
 
     def run_batch(self, questions: list[str], task_ids: list[str] | None = None,
-                  resume: list[Trajectory] | None = None, budget: Budget | None = None) -> list[Trajectory]:
-        """Run questions (and resumed unfinished trajectories) to completion or until the budget is spent."""
+                  budget: Budget | None = None) -> list[Trajectory]:
+        """Run questions to completion (or until the budget is spent: those come back ``unfinished``)."""
+        return [t for t, _ in self.run_partial(questions, task_ids, budget=budget)]
+
+    def run_partial(self, questions: list[str], task_ids: list[str] | None = None,
+                    resume: list[tuple[Trajectory, ResumeState]] | None = None, budget: Budget | None = None
+                    ) -> list[tuple[Trajectory, ResumeState | None]]:
+        """Run new questions and continue suspended trajectories (each with the state it was suspended with)
+        until they finish or the budget is spent. Returns every trajectory with its resume state: a
+        JSON-serialisable dict for one left unfinished in token mode, None otherwise."""
         task_ids = task_ids or [""] * len(questions)
         runs = [self._start(q, tid) for q, tid in zip(questions, task_ids)]
-        runs += [self._resume(t) for t in resume or []]
+        runs += [self._resume(t, state) for t, state in resume or []]
         if self.token_mode:
             self._loop_tokens(runs, budget or Budget())
         else:
             with ThreadPoolExecutor(max_workers=max(1, min(8, len(runs)))) as pool:
                 list(pool.map(lambda r: self._loop_chat(r, budget or Budget()), runs))
-        return [r.traj for r in runs]
+        return [(r.traj, r.suspended) for r in runs]
 
     # ---- start / resume
     def _start(self, question: str, task_id: str) -> _Run:
@@ -220,19 +234,18 @@ class Agent:
                                "context_manager": self.cfg.context.enabled}
         return _Run(traj, self.env.session(), chunks, {})
 
-    def _resume(self, traj: Trajectory) -> _Run:
-        state = traj.meta.pop("resume", None)
-        if state is None:
-            raise ValueError(f"trajectory {traj.id} has no resume state (finish_reason={traj.finish_reason!r})")
+    def _resume(self, traj: Trajectory, state: ResumeState) -> _Run:
+        if traj.finish_reason != "unfinished":
+            raise ValueError(f"trajectory {traj.id} is not resumable (finish_reason={traj.finish_reason!r})")
         traj.finish_reason = ""
         chunks = [Chunk(**c) for c in state["chunks"]]
-        return _Run(traj, self.env.session(), chunks, state["seen"], state["ended_with_eos"])
+        return _Run(traj, self.env.session(), chunks, dict(state["seen"]), state["ended_with_eos"])
 
     def _suspend(self, run: _Run) -> None:
         """Budget spent: keep everything needed to continue later with newer weights."""
         run.traj.finish_reason = "unfinished"
-        run.traj.meta["resume"] = {"chunks": [c.to_dict() for c in run.chunks], "seen": run.seen,
-                                   "ended_with_eos": run.ended_with_eos}
+        run.suspended = {"chunks": [c.to_dict() for c in run.chunks], "seen": run.seen,
+                         "ended_with_eos": run.ended_with_eos}
         run.session.close()
 
     def _end(self, run: _Run, reason: str) -> None:
@@ -405,7 +418,7 @@ class Agent:
             traj.answer = action.args["answer"]
             traj.citations, traj.dropped_citations = citations.cite_answer(traj.answer, kept, run.seen), dropped
             # where (if anywhere) the answer occurs in what the agent was shown: the grounding a reward can ask for
-            traj.meta["evidence_url"] = citations.answer_in_evidence(traj.answer, run.seen)
+            traj.evidence_url = citations.answer_in_evidence(traj.answer, run.seen)
             self.on_event(traj, "action", {"step": step, "tool": "finish", "args": action.args})
             self._end(run, "finish")
             return None

@@ -1,4 +1,9 @@
-"""Outcome rewards for agent trajectories: correctness, format penalty, budget penalty, gamma-decay.
+"""The one place a trajectory's reward is decided: correct, grounded, outcome reward, per-token rewards.
+
+``judge_trajectory(traj, gold, judge, cfg)`` asks the judge about the final answer and hands its verdict to
+``score(traj, judged_correct, cfg)``, which decides everything the trainer reads and records it on the trajectory
+as a ``Judgement``: whether it counts as correct (judged correct, and grounded when ``require_evidence``), whether
+it is grounded, and its outcome reward. ``token_rewards(traj, cfg)`` spreads that reward over the sampled tokens.
 
 The reward of a trajectory is decided once, at the end (an *outcome* reward): ``correct_reward`` when the
 answer was judged correct, ``incorrect_reward`` (plus optional F1 partial credit) otherwise, minus penalties
@@ -16,8 +21,12 @@ cannot outweigh the correctness signal.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
-from .trajectory import Trajectory
+from sleuth.trajectory import Judgement, Trajectory
+
+if TYPE_CHECKING:
+    from sleuth.tasks.judges import Judge
 
 BUDGET_REASONS = frozenset({"max_steps", "context"})
 
@@ -40,7 +49,7 @@ class RewardConfig:
     so groups still carry signal. Kept below ``correct_reward`` so a correct answer always wins."""
     require_evidence: bool = False
     """Count an answer as correct (and give it partial credit) only if it occurs in a search result or page
-    the agent was shown during the trajectory (``traj.meta['evidence_url']``). Without it a small policy
+    the agent was shown during the trajectory (``traj.evidence_url``). Without it a small policy
     learns to guess from the question (e.g. name one side of a comparison) and stops searching."""
     gamma: float = 0.9
     """Per-step decay of a correct trajectory's reward: step i of T gets r·γ^(T−i)."""
@@ -68,12 +77,32 @@ def outcome_reward(traj: Trajectory, correct: bool, cfg: RewardConfig | None = N
 
 def grounded(traj: Trajectory) -> bool:
     """Whether the final answer occurs in something the agent was shown (recorded by the agent at finish)."""
-    return bool(traj.meta.get("evidence_url"))
+    return bool(traj.evidence_url)
 
 
-def step_rewards(T: int, r: float, gamma: float) -> list[float]:
-    """``[r·γ^(T−i) for i = 1..T]``: the last step gets r, each earlier step a factor γ less."""
-    return [r * gamma ** (T - i) for i in range(1, T + 1)]
+def score(traj: Trajectory, judged_correct: bool, cfg: RewardConfig | None = None, *, em: float = 0.0,
+          f1: float = 0.0, cover: float = 0.0) -> Judgement:
+    """Decide a finished trajectory's correctness and reward from the judge's verdict; sets ``traj.judgement``.
+
+    With ``require_evidence`` an answer nobody showed the agent earns nothing: it is not correct and gets no
+    partial credit, whatever the judge said.
+    """
+    cfg = cfg or RewardConfig()
+    shown = grounded(traj)
+    ok = shown or not cfg.require_evidence
+    correct = bool(judged_correct) and ok
+    traj.judgement = Judgement(correct=correct, reward=outcome_reward(traj, correct, cfg, f1=f1 if ok else 0.0),
+                               judged_correct=bool(judged_correct), grounded=shown, em=float(em), f1=float(f1),
+                               cover=float(cover))
+    return traj.judgement
+
+
+def judge_trajectory(traj: Trajectory, gold: Sequence[str], judge: "Judge", cfg: RewardConfig | None = None
+                     ) -> Judgement:
+    """Judge the final answer against ``gold`` (recorded as ``traj.gold``) and ``score`` the trajectory."""
+    traj.gold = list(gold)
+    v = judge.judge(traj.question, traj.answer, traj.gold)
+    return score(traj, v.correct, cfg, em=v.em, f1=v.f1, cover=v.cover)
 
 
 def _decay_exponents(traj: Trajectory) -> dict[int, int]:
@@ -89,15 +118,19 @@ def _decay_exponents(traj: Trajectory) -> dict[int, int]:
     return {s: last - s for s in seen}
 
 
-def token_rewards(traj: Trajectory, correct: bool, cfg: RewardConfig | None = None,
-                  reward: float | None = None) -> list[list[float]]:
-    """Per-segment, per-token rewards: the reward of the token's step on sampled tokens, 0.0 elsewhere.
+def require_judgement(traj: Trajectory) -> Judgement:
+    """The trajectory's judgement; a trajectory that was never scored is an error, not a zero reward."""
+    if traj.judgement is None:
+        raise ValueError(f"trajectory {traj.id} has no judgement; score it first (sleuth.rewards.judge_trajectory)")
+    return traj.judgement
 
-    ``reward`` overrides the outcome reward (e.g. one computed by a judge); gamma-decay still applies only when
-    ``correct`` is true.
-    """
+
+def token_rewards(traj: Trajectory, cfg: RewardConfig | None = None) -> list[list[float]]:
+    """Per-segment, per-token rewards of a scored trajectory: on sampled tokens the outcome reward of its
+    ``judgement``, gamma-decayed by the token's distance from the final step when it is correct; 0.0 elsewhere."""
     cfg = cfg or RewardConfig()
-    r = outcome_reward(traj, correct, cfg) if reward is None else float(reward)
+    j = require_judgement(traj)
+    r, correct = j.reward, j.correct
     exps = _decay_exponents(traj) if (correct and cfg.gamma_decay) else {}
     out: list[list[float]] = []
     for seg in traj.segments:

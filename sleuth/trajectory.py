@@ -44,10 +44,6 @@ class Segment:
     def __len__(self) -> int:
         return len(self.token_ids)
 
-    @property
-    def n_policy_tokens(self) -> int:
-        return sum(self.mask)
-
 
 @dataclass
 class ToolCallRecord:
@@ -69,6 +65,22 @@ class Citation:
     verified: bool = False
     reason: str = ""               # why an unverified citation was dropped
     source: str = "model"          # "model": written by the model and verified; "system": built from what it read
+
+
+@dataclass
+class Judgement:
+    """How a finished trajectory was judged and rewarded; decided in one place, ``sleuth.rewards.score``."""
+    correct: bool                  # counts as correct for the reward: judged correct (and grounded, if required)
+    reward: float                  # the outcome reward, before gamma-decay spreads it over the steps
+    judged_correct: bool = False   # the judge's verdict alone
+    grounded: bool = False         # the answer occurs in something the agent was shown (``evidence_url``)
+    em: float = 0.0
+    f1: float = 0.0
+    cover: float = 0.0
+
+
+# Values older records kept in ``meta`` before they had fields of their own.
+_FROM_META = ("gold", "dataset", "group", "member", "evidence_url")
 
 
 @dataclass
@@ -95,7 +107,14 @@ class Trajectory:
     generated_tokens: int = 0
     wall_seconds: float = 0.0
     started: float = field(default_factory=time.time)
-    meta: dict[str, Any] = field(default_factory=dict)  # reward, gold answers, judge, ... added downstream
+    # what the task, the group and the judge add (the trainer reads these)
+    gold: list[str] = field(default_factory=list)        # accepted answers of the task
+    dataset: str = ""
+    group: str = ""                # attempts at the same task share a group (their mean reward is the baseline)
+    member: int = 0                # this attempt's index in its group (an eval run's sample index)
+    evidence_url: str | None = None   # where the final answer occurs in what the agent was shown (set at finish)
+    judgement: Judgement | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # anything else a caller records (agent config, errors)
 
     @property
     def finished(self) -> bool:
@@ -127,7 +146,18 @@ class Trajectory:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trajectory":
+        """Reads current records and older ones that kept gold, dataset, group, member (an eval's ``sample``)
+        and evidence URL under ``meta``."""
         d = dict(d)
+        meta = dict(d.get("meta") or {})
+        for key in _FROM_META:
+            if key in meta and key not in d:
+                d[key] = meta.pop(key)
+        if "sample" in meta and "member" not in d:
+            d["member"] = meta.pop("sample")
+        d["meta"] = meta
+        if d.get("judgement") is not None:
+            d["judgement"] = Judgement(**d["judgement"])
         d["segments"] = [Segment(**s) for s in d.get("segments", [])]
         d["tool_calls"] = [ToolCallRecord(**c) for c in d.get("tool_calls", [])]
         d["citations"] = [Citation(**c) for c in d.get("citations", [])]

@@ -11,6 +11,9 @@ way; ``server.fail_query["bad"] = "500"`` makes one query always fail. Modes: 42
 
 Pages for the browser: /article, /long, /plain, /huge, /garbage, /blank, /binary, /pdf, /sniff-binary,
 /hang, /drip, /notfound, /redirect?to=<url>, /chain/<n>, /loop.
+
+``chat_server(replies)``: a separate loopback server answering OpenAI chat completions with scripted replies
+(an LLM judge's server).
 """
 
 from __future__ import annotations
@@ -380,6 +383,37 @@ class ReplayServer:
 
     def api_calls(self) -> int:
         return sum(1 for r in self.requests if r["path"].startswith(("/search", "/res/")))
+
+
+# ------------------------------------------------------------------------- OpenAI-compatible chat
+def chat_server(replies: list[tuple[int, str]]):
+    """Loopback OpenAI-compatible chat-completions server: answers each POST with the next scripted
+    (status, text) reply. Returns (server, base_url, the JSON bodies it received); shut it down when done."""
+    requests = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            requests.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+            status, text = replies.pop(0)
+            body = ({"id": "chatcmpl-1", "object": "chat.completion", "created": 1718000000, "model": "judge",
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                  "finish_reason": "stop", "logprobs": None}],
+                     "usage": {"prompt_tokens": 200, "completion_tokens": 12, "total_tokens": 212}}
+                    if status == 200 else
+                    {"error": {"message": text, "type": "server_error", "param": None, "code": None}})
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1", requests
 
 
 if __name__ == "__main__":  # handy for poking at by hand: python tests/replay_servers.py

@@ -13,7 +13,7 @@ import pytest
 
 from sleuth.agent import Agent, AgentConfig, Budget, Environment
 from sleuth.context import ContextConfig
-from sleuth.corpus import Passage
+from sleuth.search.corpus import Passage
 from sleuth.policy.base import Generation, SamplingParams
 from sleuth.trajectory import Trajectory, load_jsonl, save_jsonl
 
@@ -56,7 +56,7 @@ class ScriptedPolicy:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A real lexical (bm25s) index over three passages, built under a temporary SLEUTH_HOME."""
-    from sleuth.index import build_index, open_index
+    from sleuth.search.index import build_index, open_index
 
     home = tmp_path_factory.mktemp("home")
     src = home / "t.jsonl"
@@ -121,6 +121,27 @@ def test_token_exact_record(env, smol_tokenizer, tmp_path):
     assert back.segments[0].token_ids == seg.token_ids and back.answer == "Steventon"
 
 
+def test_records_written_before_typed_fields_still_load():
+    """Older trajectories (eval runs, checkpointed replay buffers) kept gold, dataset, group, member (an eval's
+    sample) and the evidence URL under meta; reading them gives the typed fields."""
+    old = {"question": "Where?", "task_id": "t1", "answer": "Steventon", "finish_reason": "finish",
+           "segments": [{"token_ids": [1, 2], "mask": [0, 1], "logprobs": [0.0, -0.5], "versions": [-1, 0],
+                         "steps": [-1, 1]}],
+           "meta": {"sample": 3, "gold": ["Steventon"], "dataset": "dev-nq", "evidence_url": "corpus://t/p1",
+                    "config": {"prompt": "short"}}}
+    t = Trajectory.from_dict(old)
+    assert (t.gold, t.dataset, t.member, t.evidence_url) == (["Steventon"], "dev-nq", 3, "corpus://t/p1")
+    assert t.meta == {"config": {"prompt": "short"}} and t.judgement is None
+    t = Trajectory.from_dict({**old, "meta": {"group": "7", "member": 2, "gold": ["x"]}})
+    assert (t.group, t.member, t.gold) == ("7", 2, ["x"])
+    # and a scored record round-trips with its judgement
+    from sleuth.rewards import score
+
+    score(t, True)
+    again = Trajectory.from_dict(json.loads(json.dumps(t.to_dict())))
+    assert again.judgement == t.judgement and again.judgement.correct
+
+
 def test_interceptor_and_step_budget(env, smol_tokenizer):
     pol = ScriptedPolicy(smol_tokenizer, [["<email>to: author@example.org</email>",
                                            "<code>import socket</code>", "<search>x</search>"]])
@@ -156,12 +177,14 @@ def test_context_manager_extends_trajectories(env, smol_tokenizer):
 def test_partial_rollout_resumes_with_newer_version(env, smol_tokenizer):
     pol = ScriptedPolicy(smol_tokenizer, [["<search>Jane Austen</search>", "<answer>Steventon</answer>"]])
     agent = Agent(pol, env, AgentConfig())
-    [traj] = agent.run_batch(["Where was Jane Austen born?"], budget=Budget(max_generated_tokens=1))
-    assert traj.finish_reason == "unfinished" and traj.steps == 1
-    traj = Trajectory.from_dict(json.loads(json.dumps(traj.to_dict())))  # survives serialisation
+    [(traj, state)] = agent.run_partial(["Where was Jane Austen born?"], budget=Budget(max_generated_tokens=1))
+    assert traj.finish_reason == "unfinished" and traj.steps == 1 and state is not None
+    assert "resume" not in traj.meta                                     # the state travels beside the record
+    traj = Trajectory.from_dict(json.loads(json.dumps(traj.to_dict())))  # both survive serialisation
+    state = json.loads(json.dumps(state))
     pol.version = 1
-    [done] = agent.run_batch([], resume=[traj])
-    assert done.finish_reason == "finish" and done.answer == "Steventon"
+    [(done, none)] = agent.run_partial([], resume=[(traj, state)])
+    assert done.finish_reason == "finish" and done.answer == "Steventon" and none is None
     versions = [v for v, m in zip(done.segments[0].versions, done.segments[0].mask) if m]
     assert versions[0] == 0 and versions[-1] == 1
 
@@ -176,7 +199,7 @@ def test_real_model_runs_the_loop(env, smol_policy):
     for t in trajs:
         assert t.finish_reason in ("finish", "max_steps")
         seg = t.segments[-1]
-        assert t.generated_tokens == sum(s.n_policy_tokens for s in t.segments)
+        assert t.generated_tokens == sum(sum(s.mask) for s in t.segments)
         # logprobs recorded for sampled tokens are real log-probabilities
         assert all(lp <= 0 for lp, m in zip(seg.logprobs, seg.mask) if m)
         assert all(v == smol_policy.version for v, m in zip(seg.versions, seg.mask) if m)
@@ -193,10 +216,10 @@ def test_seen_text_is_exactly_what_the_observation_showed(env, smol_tokenizer):
     assert "Steventon" not in traj.messages[-2]["content"]          # the model never saw it ...
     assert [c.quote for c in traj.citations] == ["16 December 1775"]  # ... so only the shown quote verifies
     assert "does not occur" in traj.dropped_citations[0].reason
-    assert traj.meta["evidence_url"] is None                          # and the answer is not grounded
+    assert traj.evidence_url is None                          # and the answer is not grounded
     # with the whole result shown, the same answer is grounded
     traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig()).run("Where?")
-    assert traj.meta["evidence_url"] == "corpus://t/p1" and len(traj.citations) == 2
+    assert traj.evidence_url == "corpus://t/p1" and len(traj.citations) == 2
 
 
 def test_browse_seen_text_stops_at_the_cut(env, smol_tokenizer):
@@ -205,7 +228,7 @@ def test_browse_seen_text_stops_at_the_cut(env, smol_tokenizer):
     replies = ["<browse>corpus://t/p1</browse>", '<answer>Steventon<cite url="corpus://t/p1">novelist</cite>'
                '<cite url="corpus://t/p1">born in Steventon</cite></answer>']
     traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), env, AgentConfig(obs_chars=cut)).run("Where?")
-    assert [c.quote for c in traj.citations] == ["novelist"] and traj.meta["evidence_url"] is None
+    assert [c.quote for c in traj.citations] == ["novelist"] and traj.evidence_url is None
 
 
 def test_grounded_answer_gets_a_system_citation_of_the_shown_sentence(env, smol_tokenizer):

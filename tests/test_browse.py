@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from replay_servers import ReplayServer
-from sleuth.corpus import Passage, content_hash
-from sleuth.docstore import DocStore
+from sleuth.search.corpus import Passage, content_hash
+from sleuth.search.docstore import DocStore
 from sleuth.tools.browse import BrowseTool, paginate, passages
-from sleuth.web import FetchError, WebFetcher, address_problem
+from sleuth.tools.web import FetchError, WebFetcher, address_problem
 
 LONG_PARAS = [
     "Mount Kilimanjaro is a dormant volcano in Tanzania. It has three volcanic cones: Kibo, Mawenzi and "

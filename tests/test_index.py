@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sleuth import paths
-from sleuth.corpus import parse_corpus_url
-from sleuth.index import IndexNotFound, build_index, default_index_name, list_indexes, open_index
+from sleuth.search.corpus import parse_corpus_url
+from sleuth.search.index import IndexNotFound, build_index, default_index_name, list_indexes, open_index
 from sleuth.search import dense as dense_mod
 from sleuth.search.lexical import make_snippet
 

@@ -2,10 +2,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from sleuth.evals.judges import (JUDGE_SYSTEM, CoverConfig, Judge, LLMJudge, MatchJudge, answer_tokens,
-                                 cover_check, cover_match, exact_match, f1, make_judge, normalize_answer,
-                                 parse_verdict, question_candidates)
+from replay_servers import chat_server
 from sleuth.policy.base import ChatPolicy, ChatReply
+from sleuth.tasks.judges import (JUDGE_SYSTEM, CoverConfig, Judge, LLMJudge, MatchJudge, cover_check, cover_match,
+                                 exact_match, f1, make_judge, parse_verdict)
+from sleuth.tasks.normalize import answer_tokens, normalize_answer
+from sleuth.tasks.task import question_candidates
 
 
 @pytest.mark.parametrize("raw,norm", [
@@ -73,6 +75,49 @@ def test_question_candidates():
                                "C. Weak Non-Sadism") == ["A", "B", "C"]
 
 
+# Real dev questions on which the bare "or" rule and the option parser used to disagree.
+CANDIDATE_QUESTIONS = [
+    # options the parser cannot split (a comma or a question mark inside an option, no question mark)
+    "Which film has the director born first, S Durga or Sweet Emma, Dear Böbe?",
+    "Which film has the director who died later, What Will You Do When You Catch Me? or School On Fire?",
+    "Which museum was established first, Balzekas Museum Of Lithuanian Culture or Peace Museum, Bradford?",
+    "Who was born first, Erika Jayne or Marco Da Silva",
+    # options without an "or"
+    "Who was born first out of Heng Pov and Rajesh Bhola?",
+]
+OPEN_QUESTIONS = [
+    "What football club plays in the area between the old tool gates: Brook Bar and Trafford bar?",
+    "Who founded the company that makes the iPhone?",
+]
+
+
+def test_one_definition_of_a_candidate_question():
+    from sleuth.tasks.task import Task, is_candidate_question, question_kind
+
+    for q in CANDIDATE_QUESTIONS:
+        assert is_candidate_question(q), q
+        assert question_kind(Task("t", q, ["x"], "dev")) == "comparison", q
+    for q in OPEN_QUESTIONS:
+        assert not is_candidate_question(q) and question_candidates(q) == [], q
+        assert question_kind(Task("t", q, ["x"], "dev")) == "open", q
+    # the judge reads the same options: naming the other candidate is a hedge, naming a place in an
+    # apposition is not
+    assert cover_match("Heng Pov and Rajesh Bhola", ["Heng Pov"], CANDIDATE_QUESTIONS[-1]) == 0.0
+    assert cover_match("Manchester United, by Trafford Bar", ["Manchester United"], OPEN_QUESTIONS[0]) == 1.0
+
+
+def test_candidate_questions_on_the_dev_set():
+    from sleuth.paths import shared_data
+    from sleuth.tasks.loaders import load_tasks
+    from sleuth.tasks.task import is_candidate_question
+
+    if not (shared_data() / "qa").is_dir():
+        pytest.skip("shared dev data not present")
+    questions = [t.question for t in load_tasks("dev")]
+    assert all(is_candidate_question(q) for q in questions if question_candidates(q))
+    assert sum(map(is_candidate_question, questions)) == 82
+
+
 Q_FILMS = "Which film came out earlier, Mr. Fix-It or People Not As Bad As They Seem?"
 G_FILMS = ["People Not As Bad As They Seem"]
 
@@ -112,7 +157,7 @@ def test_cover_with_choice_letters():
 
 
 def test_cover_never_rejects_the_gold_itself_on_real_questions():
-    from sleuth.evals.loaders import load_benchmark
+    from sleuth.tasks.loaders import load_benchmark
     from sleuth.paths import shared_data
     if not (shared_data() / "benchmarks").is_dir():
         pytest.skip("shared benchmark data not present")
@@ -258,48 +303,27 @@ def test_llm_judge_failures_and_empty_answers_do_not_raise():
 def test_make_judge():
     assert make_judge("em").name == "match:em"
     assert make_judge("llm", FixedPolicy("VERDICT: CORRECT")).name == "llm:fixed-judge"
-    with pytest.raises(ValueError, match="needs a ChatPolicy"):
+
+
+def test_make_judge_without_a_model_says_what_to_set(monkeypatch):
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY", "JUDGE_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="judge_model"):
         make_judge("llm")
-
-
-def _chat_server(replies):
-    """Loopback OpenAI-compatible chat-completions server: answers each POST with the next scripted reply."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    requests = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            requests.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
-            status, text = replies.pop(0)
-            body = ({"id": "chatcmpl-1", "object": "chat.completion", "created": 1718000000, "model": "judge",
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                  "finish_reason": "stop", "logprobs": None}],
-                     "usage": {"prompt_tokens": 200, "completion_tokens": 12, "total_tokens": 212}}
-                    if status == 200 else
-                    {"error": {"message": text, "type": "server_error", "param": None, "code": None}})
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1", requests
+    with pytest.raises(ValueError, match="JUDGE_KEY"):
+        make_judge("llm", model="gpt-x", api_key_env="JUDGE_KEY")
+    with pytest.raises(ValueError, match="API key"):                     # the OpenAI API needs a key
+        make_judge("llm", model="gpt-x")
+    monkeypatch.setenv("JUDGE_KEY", "k")
+    assert make_judge("llm", model="gpt-x", api_key_env="JUDGE_KEY").name == "llm:gpt-x"
+    assert make_judge("llm", base_url="http://127.0.0.1:9/v1").name == "llm:default"   # local: no key
 
 
 def test_llm_judge_over_an_openai_compatible_server(monkeypatch):
     openai_policy = pytest.importorskip("sleuth.policy.openai_policy")
     for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    httpd, url, requests = _chat_server([
+    httpd, url, requests = chat_server([
         (200, "REASON: Hedges between the two films.\nVERDICT: INCORRECT"),
         (200, "Sure! The verdict is: correct"),
         (500, "model overloaded"),
@@ -321,7 +345,7 @@ def test_llm_judge_over_an_openai_compatible_server(monkeypatch):
 
 
 def test_mentions_needs_whole_normalised_words():
-    from sleuth.evals.judges import mentions
+    from sleuth.tasks.judges import mentions
 
     shown = "[1] Paris: Paris is the capital of France, on the Seine. Population 2,102,650."
     assert mentions(shown, ["the Seine"]) and mentions(shown, ["nothing", "2,102,650"])

@@ -9,11 +9,11 @@ import time
 import pytest
 import torch
 
-from sleuth.rewards import RewardConfig, outcome_reward, step_rewards, token_rewards
+from sleuth.rewards import RewardConfig, judge_trajectory, outcome_reward, score, token_rewards
 from sleuth.rl.buffer import ReplayBuffer
 from sleuth.rl.config import TrainConfig, load_config
-from sleuth.rl.reinforce import (ReinforceTrainer, Scored, build_rows, collate, negatives_to_drop,
-                                 reinforce_loss, select, token_logprobs)
+from sleuth.rl.reinforce import (ReinforceTrainer, build_rows, collate, negatives_to_drop, reinforce_loss, select,
+                                 token_logprobs)
 from sleuth.rl.toy import OBS, tiny_llama, toy_config, train_toy
 from sleuth.trajectory import Segment, Trajectory
 
@@ -36,6 +36,12 @@ def make_traj(steps: list[list[int]], finish: str = "finish", prompt=(1, 3), ver
     return Trajectory(question="q", segments=[seg], steps=len(steps), finish_reason=finish)
 
 
+def judged(traj: Trajectory, correct: bool, cfg: RewardConfig | None = None) -> Trajectory:
+    """The trajectory, scored as the judge would have it (``rewards.score``)."""
+    score(traj, correct, cfg)
+    return traj
+
+
 def cfg_for(**kw) -> TrainConfig:
     base = dict(lr=1e-3, micro_batch_size=8, max_grad_norm=0.0, log_entropy=True)
     base.update(kw)
@@ -46,15 +52,15 @@ def manual_loss(model, groups, cfg: TrainConfig, version: int = 0) -> float:
     """REINFORCE loss written out independently: full-vocabulary log-softmax, explicit loops."""
     num, den = 0.0, 0
     for group in groups:
-        rewards = [outcome_reward(s.traj, s.correct, cfg.reward) for s in group]
+        rewards = [outcome_reward(t, t.judgement.correct, cfg.reward) for t in group]
         mean = sum(rewards) / len(rewards)
         std = (sum((r - mean) ** 2 for r in rewards) / len(rewards)) ** 0.5
         if std == 0:
             continue
         scale = std + 1e-6 if cfg.normalize_std else 1.0
-        for s, r in zip(group, rewards):
-            seg = s.traj.segments[0]
-            T = s.traj.steps
+        for t_, r in zip(group, rewards):
+            seg = t_.segments[0]
+            T = t_.steps
             with torch.no_grad():
                 logits = model(input_ids=torch.tensor([seg.token_ids])).logits[0].double()
             logsm = torch.log_softmax(logits, -1)
@@ -64,7 +70,7 @@ def manual_loss(model, groups, cfg: TrainConfig, version: int = 0) -> float:
                 old = seg.versions[t] < version
                 if old and cfg.off_policy == "mask":
                     continue
-                step_r = r * GAMMA ** (T - 1 - seg.steps[t]) if (s.correct and cfg.reward.gamma_decay) else r
+                step_r = r * GAMMA ** (T - 1 - seg.steps[t]) if (t_.judgement.correct and cfg.reward.gamma_decay) else r
                 a = (step_r - mean) / scale
                 lp = float(logsm[t - 1, seg.token_ids[t]])
                 w = min(math.exp(lp - seg.logprobs[t]), cfg.is_cap) if (old and cfg.off_policy == "is") else 1.0
@@ -73,37 +79,31 @@ def manual_loss(model, groups, cfg: TrainConfig, version: int = 0) -> float:
     return num / den
 
 
-def fixed_groups() -> list[list[Scored]]:
+def fixed_groups() -> list[list[Trajectory]]:
     return [
-        [Scored(make_traj([[10, 11], [12]]), True),               # correct in 2 steps: gamma-decayed
-         Scored(make_traj([[13, 14, 15]]), False),
-         Scored(make_traj([[16], [17], [18]], finish="max_steps"), False)],   # budget penalty
-        [Scored(make_traj([[20, 21]]), True),
-         Scored(make_traj([[22], [23, 24]]), True)],               # all correct → zero variance → skipped
+        [judged(make_traj([[10, 11], [12]]), True),               # correct in 2 steps: gamma-decayed
+         judged(make_traj([[13, 14, 15]]), False),
+         judged(make_traj([[16], [17], [18]], finish="max_steps"), False)],   # budget penalty
+        [judged(make_traj([[20, 21]]), True),
+         judged(make_traj([[22], [23, 24]]), True)],               # all correct → zero variance → skipped
     ]
 
 
 # ------------------------------------------------------------------------------------------ rewards
-def test_step_rewards_gamma_decay():
-    assert step_rewards(3, 1.0, 0.9) == pytest.approx([0.81, 0.9, 1.0])
-    assert step_rewards(1, 2.0, 0.5) == [2.0]
-    assert step_rewards(0, 1.0, 0.9) == []
-
-
 def test_token_rewards_follow_steps_and_correctness():
     cfg = RewardConfig(gamma=0.5)
     t = make_traj([[10, 11], [12], [13]])            # 0-based step indices 0, 1, 2; T = 3
-    rew = token_rewards(t, True, cfg)[0]
+    rew = token_rewards(judged(t, True, cfg), cfg)[0]
     seg = t.segments[0]
     got = {seg.token_ids[i]: r for i, r in enumerate(rew) if seg.mask[i]}
     assert got == {10: 0.25, 11: 0.25, 12: 0.5, 13: 1.0}
     assert all(r == 0.0 for r, m in zip(rew, seg.mask) if not m)
     # 1-based step numbering gives the same rewards (anchored on the final step)
     t1 = make_traj([[10, 11], [12], [13]], step_base=1)
-    assert token_rewards(t1, True, cfg) == token_rewards(t, True, cfg)
+    assert token_rewards(judged(t1, True, cfg), cfg) == token_rewards(t, cfg)
     # a failed trajectory keeps one flat reward on every step
     bad = make_traj([[10], [11]], finish="max_steps")
-    flat = [r for r, m in zip(token_rewards(bad, False, cfg)[0], bad.segments[0].mask) if m]
+    flat = [r for r, m in zip(token_rewards(judged(bad, False, cfg), cfg)[0], bad.segments[0].mask) if m]
     assert flat == [-0.1, -0.1]
 
 
@@ -159,19 +159,19 @@ def test_all_groups_without_signal_leave_weights_alone():
     model = tiny_llama(seed=1)
     trainer = ReinforceTrainer(model, None, cfg_for())
     before = copy.deepcopy(model.state_dict())
-    m = trainer.step([[Scored(make_traj([[10]]), True), Scored(make_traj([[11]]), True)],
-                      [Scored(make_traj([[12]]), False), Scored(make_traj([[13]]), False)]])
+    m = trainer.step([[judged(make_traj([[10]]), True), judged(make_traj([[11]]), True)],
+                      [judged(make_traj([[12]]), False), judged(make_traj([[13]]), False)]])
     assert m["skipped_update"] == 1.0 and m["skipped_groups"] == 2 and trainer.version == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_negative_sample_control_drops_the_configured_count():
-    groups = [[Scored(make_traj([[10 + i]]), i == 0) for i in range(5)] for _ in range(4)]   # 16 failed
+    groups = [[judged(make_traj([[10 + i]]), i == 0) for i in range(5)] for _ in range(4)]   # 16 failed
     for frac, expect in [(0.0, 0), (0.25, 4), (0.5, 8), (0.3, 4), (1.0, 16)]:
         sel, st = select(groups, cfg_for(negative_drop_frac=frac), version=3)
         assert st["dropped_negatives"] == expect
-        assert sum(not s.scored.correct for s in sel) == 16 - expect
-        assert sum(s.scored.correct for s in sel) == 4           # successes are never dropped
+        assert sum(not s.traj.judgement.correct for s in sel) == 16 - expect
+        assert sum(s.traj.judgement.correct for s in sel) == 4           # successes are never dropped
     assert negatives_to_drop(16, 0.5, seed=0, version=3) == negatives_to_drop(16, 0.5, seed=0, version=3)
     assert any(negatives_to_drop(16, 0.5, seed=0, version=v) != negatives_to_drop(16, 0.5, seed=0, version=3)
                for v in range(4, 8))
@@ -225,17 +225,37 @@ def test_context_tokens_get_zero_gradient():
     assert torch.all(g[~batch.loss_mask] == 0)
     assert torch.all(g[batch.loss_mask] > 0)
     # and the loss mask is the policy mask shifted by one: row r, position t trains token t+1 iff mask[t+1]
-    seg = sel[0].scored.traj.segments[0]
+    seg = sel[0].traj.segments[0]
     row = next(r for r in rows if r.input_ids == seg.token_ids[:-1])
     assert row.loss_mask == seg.mask[1:] and row.targets == seg.token_ids[1:]
+
+
+def test_overlong_trajectory_is_dropped_whole_never_cut():
+    """A correct trajectory longer than max_seq_len keeps its reward-carrying final step or is not trained at
+    all: its head alone must never get a gradient. Here it is left out whole and counted."""
+    long_ok = make_traj([[10, 11, 12], [13, 14, 15], [16, 17]])       # 2 prompt + 8 policy + 2 obs = 12 tokens
+    short_bad = make_traj([[20]])
+    cfg = cfg_for(max_seq_len=8)
+    sel, _ = select([[judged(long_ok, True), judged(short_bad, False)]], cfg, version=0)
+    rows, st = build_rows(sel, cfg, version=0)
+    assert st.overlong == 1 and st.truncated == 12 - 8
+    assert all(16 not in r.targets and 10 not in r.targets for r in rows)   # no part of it is trained
+    m = ReinforceTrainer(tiny_llama(seed=7), None, cfg).step([[judged(long_ok, True), judged(short_bad, False)]])
+    assert m["overlong_trajectories"] == 1 and m["truncated_tokens"] == 4
+    assert m["trained_trajectories"] == 1 and m["tokens"] == 1           # only the short one's token
+    # trailing tool tokens after the last reply are never targets: dropping them loses nothing
+    tail = make_traj([[10, 11]])
+    tail.segments[0].extend_context([OBS] * 6)                            # 2 + 2 + 6 = 10 tokens
+    rows, st = build_rows(select([[judged(tail, True), judged(short_bad, False)]], cfg, 0)[0], cfg, 0)
+    assert st.overlong == 0 and rows[0].targets[-2:] == [10, 11] and sum(rows[0].loss_mask) == 2
 
 
 def test_old_version_tokens_masked_or_importance_weighted():
     # Partial rollouts: step 0 sampled by version 0, step 1 by version 1; the trainer is at version 1.
     def groups():
-        return [[Scored(make_traj([[10, 11], [12, 13]], versions=[0, 1], lp=-6.0), True),
-                 Scored(make_traj([[14], [15]], versions=[0, 1], lp=-0.5), False),
-                 Scored(make_traj([[16, 17]], versions=[1], lp=-3.0), False)]]
+        return [[judged(make_traj([[10, 11], [12, 13]], versions=[0, 1], lp=-6.0), True),
+                 judged(make_traj([[14], [15]], versions=[0, 1], lp=-0.5), False),
+                 judged(make_traj([[16, 17]], versions=[1], lp=-3.0), False)]]
 
     for mode in ("mask", "is"):
         model = tiny_llama(seed=5)
@@ -258,10 +278,10 @@ def test_old_version_tokens_masked_or_importance_weighted():
     # a token from a newer version than the trainer's means the rollout used the wrong weights
     with pytest.raises(ValueError, match="version"):
         ReinforceTrainer(tiny_llama(), None, cfg_for(), version=0).step(
-            [[Scored(make_traj([[10]], version=1), True), Scored(make_traj([[11]]), False)]])
+            [[judged(make_traj([[10]], version=1), True), judged(make_traj([[11]]), False)]])
     with pytest.raises(ValueError, match="not finished"):
         ReinforceTrainer(tiny_llama(), None, cfg_for()).step(
-            [[Scored(make_traj([[10]], finish="unfinished"), True)]])
+            [[judged(make_traj([[10]], finish="unfinished"), True)]])
 
 
 def test_lora_and_bf16_updates():
@@ -330,18 +350,36 @@ def test_replay_buffer_roundtrip_and_eviction():
     assert [t.id for t in buf.pop_group("g1")] == [b.id] and len(buf) == 0
 
 
-def test_rollout_scoring_requires_evidence_when_asked():
-    from sleuth.evals.judges import make_judge
-    from sleuth.rl.rollout import AgentRollout
+def test_reward_requires_evidence_when_asked():
+    from sleuth.tasks.judges import make_judge
 
-    def scored(evidence_url, require):
+    def judge(evidence_url, require):
         t = make_traj([[10]])
-        t.answer, t.meta["gold"], t.meta["evidence_url"] = "Seine", ["Seine"], evidence_url
-        r = AgentRollout.__new__(AgentRollout)
-        r.judge, r.require_evidence = make_judge("cover"), require
-        return r.score(t)
+        t.answer, t.evidence_url = "Seine", evidence_url
+        j = judge_trajectory(t, ["Seine"], make_judge("cover"), RewardConfig(require_evidence=require,
+                                                                              partial_credit=0.3))
+        assert t.judgement is j and t.gold == ["Seine"]
+        return j
 
-    assert scored(None, False).correct                           # strict judge alone: a lucky guess counts
-    s = scored(None, True)
-    assert not s.correct and s.f1 == 0.0 and s.traj.meta["verdict"]["correct"]   # ...not when grounding is required
-    assert scored("corpus://p/2", True).correct
+    assert judge(None, False).correct                           # strict judge alone: a lucky guess counts
+    j = judge(None, True)
+    assert not j.correct and j.judged_correct and not j.grounded    # ...not when grounding is required,
+    assert j.reward == 0.0                                           # and it earns no partial credit either
+    assert judge("corpus://p/2", True).correct and judge("corpus://p/2", True).reward == 1.0
+
+
+def test_one_reward_contract_from_rollout_to_update():
+    """The rollout's judgement is what the update trains on: no second decision about correctness."""
+    from sleuth.rl.rollout import AgentRollout
+    from sleuth.tasks.judges import make_judge
+
+    rollout = AgentRollout.__new__(AgentRollout)
+    rollout.judge, rollout.reward = make_judge("cover"), RewardConfig(require_evidence=True)
+    guess, found = make_traj([[10]]), make_traj([[11]])
+    for t, url in ((guess, None), (found, "corpus://p/2")):
+        t.answer, t.gold, t.evidence_url = "Seine", ["Seine"], url
+        rollout.score(t)
+    sel, st = select([[guess, found]], cfg_for(), version=0)
+    assert st["accuracy"] == 0.5 and [s.traj.judgement.reward for s in sel] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="no judgement"):
+        select([[make_traj([[12]])]], cfg_for(), version=0)

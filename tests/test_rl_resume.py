@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from sleuth.rl import checkpoint as ck
 from sleuth.rl.buffer import ReplayBuffer
-from sleuth.rl.reinforce import ReinforceTrainer, Scored
+from sleuth.rewards import score
+from sleuth.rl.reinforce import ReinforceTrainer
 from sleuth.rl.toy import tiny_llama, toy_config, train_toy
 from sleuth.trajectory import Segment, Trajectory
 
@@ -112,13 +113,15 @@ def test_sigkill_mid_iteration_then_resume_matches_uninterrupted_run(tmp_path):
     assert any(m["resumed"] > 0 for m in sa["metrics"]) and any(m["old_tokens"] > 0 for m in sa["metrics"])
 
 
-def _groups(version: int = 0) -> list[list[Scored]]:
-    def traj(ids: list[int]) -> Trajectory:
+def _groups(version: int = 0) -> list[list[Trajectory]]:
+    def traj(ids: list[int], correct: bool) -> Trajectory:
         seg = Segment()
         seg.extend_context([1, 3])
         seg.extend_policy(ids, [-4.0] * len(ids), version=version, step=0)
-        return Trajectory(question="q", segments=[seg], steps=1, finish_reason="finish")
-    return [[Scored(traj([10, 11]), True), Scored(traj([12]), False), Scored(traj([13, 14]), False)]]
+        t = Trajectory(question="q", segments=[seg], steps=1, finish_reason="finish")
+        score(t, correct)
+        return t
+    return [[traj([10, 11], True), traj([12], False), traj([13, 14], False)]]
 
 
 @pytest.mark.parametrize("lora", [False, True])
@@ -127,7 +130,7 @@ def test_checkpoint_roundtrip_restores_everything(tmp_path, lora):
     trainer = ReinforceTrainer(tiny_llama(seed=0), None, cfg)
     trainer.step(_groups())
     buf = ReplayBuffer()
-    unfinished = _groups()[0][0].traj
+    unfinished = _groups()[0][0]
     unfinished.finish_reason = "unfinished"
     buf.add(unfinished, {"step": 1, "note": "resume me"}, version=1, group="g")
     torch.manual_seed(123)

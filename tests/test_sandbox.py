@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sleuth.sandbox import Sandbox, SandboxConfig
+from sleuth.tools.sandbox import Sandbox, SandboxConfig
 from sleuth.tools.code import CodeTool
 
 FAST = dict(wall_seconds=4, cpu_seconds=4, memory_mb=256, output_chars=1000, file_mb=1, disk_mb=4)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sleuth.index import build_index, open_index
+from sleuth.search.index import build_index, open_index
 from sleuth.search.base import SearchEngine, SearchError, SearchResponse
 from sleuth.tools.search import SearchTool
 

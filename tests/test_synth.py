@@ -7,13 +7,14 @@ import random
 
 import pytest
 
-from sleuth.corpus import Passage
-from sleuth.synth.generate import (Fact, GenStats, GraphConfig, LinkGraph, Task, ask, generate_bridges,
+from sleuth.search.corpus import Passage
+from sleuth.synth.generate import (Fact, GenStats, GraphConfig, LinkGraph, ask, generate_bridges,
                                    generate_comparisons, generate_lookups, profile)
 from sleuth.synth.pipeline import SynthConfig, parse_mix, synthesize, write_outputs
 from sleuth.synth.reasoning import generate_reasoning, run_program, run_programs
 from sleuth.synth.validate import (EvalIndex, SynthError, _tokens, check_closed_book, check_dedup, check_leak,
                                    check_pass_at_n, check_span, check_unique)
+from sleuth.tasks.task import Task
 
 P = Passage
 
@@ -427,7 +428,7 @@ def test_a_venue_date_range_is_not_a_lifespan():
 @pytest.fixture(scope="module")
 def wiki_graph() -> LinkGraph:
     """A link graph over the first 6,000 real passages of the shared corpus (skipped without it)."""
-    from sleuth.corpus import load_jsonl
+    from sleuth.search.corpus import load_jsonl
     from sleuth.paths import shared_data
 
     path = shared_data() / "corpus" / "passages.jsonl.gz"

@@ -14,7 +14,7 @@ def setup(tmp_path_factory, smol_tokenizer):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from sleuth.index import build_index
+    from sleuth.search.index import build_index
 
     root = tmp_path_factory.mktemp("rl")
     old = os.environ.get("SLEUTH_HOME")
@@ -67,13 +67,20 @@ def test_train_checkpoints_resumes_and_exports(setup):
     assert ck is not None and ck.iteration == 1 and ck.cursor == 2
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["iteration"] == 1
-    assert len((out / "rollouts.jsonl").read_text().splitlines()) == 6   # 2 tasks × 3 samples
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 6                                            # 2 tasks × 3 samples
+    assert all(r["gold"] and set(r["judgement"]) >= {"correct", "reward", "grounded"} for r in rollouts)
+    assert {"overlong_trajectories", "truncated_tokens"} <= set(m)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 1 and summary["overlong_trajectories"] == m["overlong_trajectories"]
+    assert summary["trajectories"] == 6
 
     # starting again without --resume must not overwrite the run
     with pytest.raises(ValueError, match="--resume"):
         train(_cfg(model_dir, tasks), out, iterations=2, log=lambda s: None)
     hist = train(_cfg(model_dir, tasks), out, iterations=2, resume=True, log=lambda s: None)
     assert [h["iteration"] for h in hist] == [1, 2]
+    assert json.loads((out / "summary.json").read_text())["trajectories"] == 12   # totals over the whole run
     assert load_latest(out).cursor == 4
 
     exported = export_policy(out, root / "exported")
@@ -81,8 +88,29 @@ def test_train_checkpoints_resumes_and_exports(setup):
     assert pol.version == load_latest(out).version
 
 
+def test_llm_judge_can_be_the_training_reward(monkeypatch, tmp_path):
+    from replay_servers import chat_server
+    from sleuth.rl.train import build_judge, load_run_config
+
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match="judge_model"):             # no model or server: says what to set
+        build_judge(load_run_config(None, judge="llm"))
+    httpd, url, requests = chat_server([(200, "REASON: Same city.\nVERDICT: CORRECT")])
+    try:
+        config = tmp_path / "run.toml"
+        config.write_text(f'judge = "llm"\njudge_model = "grader"\njudge_base_url = "{url}"\n')
+        judge = build_judge(load_run_config(config))
+        assert judge.name == "llm:grader"
+        v = judge.judge("Capital of France?", "Paris, France", ["Paris"])
+        assert v.correct and requests[0]["model"] == "grader"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 def test_split_tasks_mixes_sources_filters_datasets_and_removes_the_holdout(tmp_path):
-    from sleuth.evals.tasks import load_tasks
+    from sleuth.tasks.loaders import load_tasks
     from sleuth.paths import shared_data
     from sleuth.rl.train import load_run_config, split_tasks
 
@@ -107,7 +135,7 @@ def test_split_tasks_mixes_sources_filters_datasets_and_removes_the_holdout(tmp_
 
 
 def test_question_kind_separates_guessable_questions():
-    from sleuth.evals.tasks import Task, question_kind
+    from sleuth.tasks.task import Task, question_kind
 
     def kind(q, a):
         return question_kind(Task("t", q, [a], "x"))
@@ -120,7 +148,7 @@ def test_question_kind_separates_guessable_questions():
 
 
 def test_train_filters_question_kinds_and_unreachable_tasks(setup, tmp_path):
-    from sleuth.index import open_index
+    from sleuth.search.index import open_index
     from sleuth.rl.train import keep_reachable, load_run_config, split_tasks
 
     root, model_dir, _ = setup

@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
             print(json.dumps({"question": question, "answer": traj.answer, "finish_reason": traj.finish_reason,
                               "citations": [c.__dict__ for c in traj.citations],
                               "dropped_citations": [c.__dict__ for c in traj.dropped_citations],
-                              "grounded": bool(traj.meta.get("evidence_url")), "policy": getattr(policy, "name", ""),
+                              "grounded": bool(traj.evidence_url), "policy": getattr(policy, "name", ""),
                               "stats": traj.stats(), "trajectory_file": str(out), "trajectory_id": traj.id},
                              ensure_ascii=False, indent=2))
             return

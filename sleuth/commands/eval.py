@@ -30,6 +30,8 @@ def register(app: typer.Typer) -> None:
         judge: str = typer.Option("cover", "--judge", help="cover | em | f1>=T | llm"),
         judge_model: Optional[str] = typer.Option(None, "--judge-model"),
         judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url"),
+        judge_api_key_env: Optional[str] = typer.Option(None, "--judge-api-key-env",
+                                                        help="Environment variable holding the judge's API key."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Default: what the policy was "
                                                 "trained with, else 8."),
         temperature: float = typer.Option(0.7, "--temperature"),
@@ -49,8 +51,8 @@ def register(app: typer.Typer) -> None:
         cfg = EvalConfig(benchmark=benchmark, mode=mode, limit=limit, datasets=dataset or None, seed=seed,
                          samples=samples, ks=sorted({1, samples}), concurrency=concurrency, model=model,
                          base_url=base_url, index=index, engine=engine, judge=judge, judge_model=judge_model,
-                         judge_base_url=judge_base_url, max_steps=max_steps, temperature=temperature,
-                         prompt=prompt)
+                         judge_base_url=judge_base_url, judge_api_key_env=judge_api_key_env, max_steps=max_steps,
+                         temperature=temperature, prompt=prompt)
         out_dir = out or Path("runs") / f"eval-{Path(benchmark).stem}-{mode}"
         console = Console()
         try:

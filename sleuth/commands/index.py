@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ) -> None:
         """Build (or incrementally rebuild) a search index; unchanged passages keep their embeddings."""
-        from sleuth.index import build_index, open_index
+        from sleuth.search.index import build_index, open_index
 
         if source and embedded:
             typer.echo("Error: give a SOURCE or --embedded, not both", err=True)

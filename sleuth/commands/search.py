@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of text"),
     ) -> None:
         """Search a local index; queries run as one batch."""
-        from sleuth.index import IndexNotFound, default_index_name, open_index
+        from sleuth.search.index import IndexNotFound, default_index_name, open_index
 
         try:
             ix = open_index(index or default_index_name())

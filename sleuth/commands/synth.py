@@ -81,33 +81,26 @@ def register(app: typer.Typer) -> None:
         policy = None
         cb_solver = tool_solver = None
         if closed_book or pass_at:
-            try:
-                from sleuth.policy.loader import load_policy
+            from sleuth.policy.loader import load_policy
 
+            try:
                 policy = load_policy(model or "base", base_url)   # filters against the untrained model
-            except ImportError as e:
-                console.print(f"[yellow]policy loader not available ({e}); closed-book and pass@N stages "
-                              "will be skipped[/yellow]")
             except (OSError, ValueError, RuntimeError) as e:
                 console.print(f"[yellow]could not load the policy ({type(e).__name__}: {e}); closed-book and "
                               "pass@N stages will be skipped[/yellow]")
         if policy is not None and closed_book:
             console.print(f"closed-book stage: {getattr(policy, 'name', 'the policy')} answers every candidate "
                           "that survives the cheap stages (--no-closed-book skips it)")
-            try:
-                cb_solver = closed_book_solver(policy)
-            except ImportError as e:
-                console.print(f"[yellow]closed-book baseline not available ({e}); stage skipped[/yellow]")
+            cb_solver = closed_book_solver(policy)
         if policy is not None and pass_at:
-            try:
-                from sleuth.agent import AgentConfig, Environment
+            from sleuth.agent import AgentConfig, Environment
 
+            try:
                 env = Environment.from_index(index, engine=engine)
-                tool_solver = agent_tool_solver(policy, env, AgentConfig())
-            except ImportError as e:
-                console.print(f"[yellow]agent not available ({e}); pass@N stage skipped[/yellow]")
             except (OSError, ValueError) as e:
                 console.print(f"[yellow]cannot set up the agent's tools ({e}); pass@N stage skipped[/yellow]")
+            else:
+                tool_solver = agent_tool_solver(policy, env, AgentConfig())
 
         try:
             tasks, funnel = synthesize(corpus or _default_corpus(), cfg, cb_solver, tool_solver)

@@ -19,7 +19,6 @@ Schema ``sleuth.eval.results/v1``::
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections import defaultdict
@@ -151,15 +150,6 @@ def _title(results: Mapping[str, Any]) -> str:
     return " · ".join(b for b in bits if b)
 
 
-def _text_table(header: list[str], rows: list[list[str]], title: str = "") -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                   for i, (c, w) in enumerate(zip(cells, widths)))
-    out = [title] if title else []
-    out += [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
-    return "\n".join(out) + "\n"
-
-
 def render(results: Mapping[str, Any]):
     """A rich Table: one row per dataset plus 'overall', metric and agent-statistic columns."""
     from rich.table import Table
@@ -172,13 +162,6 @@ def render(results: Mapping[str, Any]):
     for r in rows:
         table.add_row(*r, end_section=r is rows[-2] if len(rows) > 1 else False)
     return table
-
-
-def render_text(results: Mapping[str, Any]) -> str:
-    """Plain-text version of ``render``."""
-    results = validate_results(dict(results))
-    header, rows = _rows(results)
-    return _text_table(header, rows, _title(results))
 
 
 # ------------------------------------------------------------------------------------------- compare
@@ -225,19 +208,3 @@ def compare(a: str | Path | Mapping[str, Any], b: str | Path | Mapping[str, Any]
         table.add_row(name if name != last else "", label, _fmt(va), _fmt(vb), _delta(d), style=style)
         last = name
     return table
-
-
-def compare_text(a: str | Path | Mapping[str, Any], b: str | Path | Mapping[str, Any]) -> str:
-    """Plain-text version of ``compare``."""
-    ra, rb = load_results(a), load_results(b)
-    rows = [[n, m, _fmt(va), _fmt(vb), _delta(d)] for n, m, va, vb, d in compare_rows(ra, rb)]
-    return _text_table(["dataset", "metric", "A", "B", "B - A"], rows, f"A: {_title(ra)}\nB: {_title(rb)}")
-
-
-def to_text(renderable: Any, width: int = 160) -> str:
-    """Render any rich object to plain text (no colour), e.g. for logs."""
-    from rich.console import Console
-
-    buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None, force_terminal=False).print(renderable)
-    return buf.getvalue()

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from sleuth.evals import report
-from sleuth.evals.judges import make_judge
-from sleuth.evals.tasks import Task, load_tasks
+from sleuth.tasks.judges import make_judge
+from sleuth.tasks.loaders import load_tasks
+from sleuth.tasks.task import Task
 
 MODES = ("agent", "rag", "closed-book")
 
@@ -25,7 +26,7 @@ MODES = ("agent", "rag", "closed-book")
 @dataclass
 class EvalConfig:
     benchmark: str = "dev"
-    """Benchmark name (see sleuth.evals.loaders.BENCHMARKS) or a JSONL/CSV file of question/answer pairs."""
+    """Benchmark name (see sleuth.tasks.loaders.BENCHMARKS) or a JSONL/CSV file of question/answer pairs."""
     mode: str = "agent"
     """agent | rag (retrieve-then-read) | closed-book (no tools)."""
     limit: int | None = None
@@ -42,7 +43,11 @@ class EvalConfig:
     engine: str = "auto"
     judge: str = "cover"
     judge_model: str | None = None
+    """LLM judge (judge = "llm"): the model's name on its server."""
     judge_base_url: str | None = None
+    """LLM judge: an OpenAI-compatible server (None = the OpenAI API)."""
+    judge_api_key_env: str | None = None
+    """LLM judge: the environment variable holding its API key (None = SLEUTH_API_KEY or OPENAI_API_KEY)."""
     max_steps: int | None = None
     """Agent settings left None take what the policy was trained with (a shipped or exported policy records
     them), else 8 steps, 192 new tokens, the short-fewshot prompt and 5 results per query."""
@@ -120,11 +125,8 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
     done = {_key(r["task_id"], r["sample"]) for r in records}
     todo = [(t, s) for t in tasks for s in range(cfg.samples) if _key(t.id, s) not in done]
 
-    judge_policy = None
-    if cfg.judge == "llm":
-        from sleuth.policy.openai_policy import OpenAIPolicy
-        judge_policy = OpenAIPolicy(cfg.judge_model or "default", base_url=cfg.judge_base_url)
-    judge = make_judge(cfg.judge, judge_policy)
+    judge = make_judge(cfg.judge, model=cfg.judge_model, base_url=cfg.judge_base_url,
+                       api_key_env=cfg.judge_api_key_env)
     if env is None and cfg.mode != "closed-book":
         from sleuth.agent import Environment
         env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k)
@@ -179,15 +181,15 @@ def _run_batch(cfg: EvalConfig, policy, env, batch: list[tuple[Task, int]], traj
                            max_new_tokens=cfg.max_new_tokens, prompt=cfg.prompt)
         trajs = Agent(policy, env, acfg).run_batch(questions, [t.id for t, _ in batch])
         for (task, s), tr in zip(batch, trajs):
-            tr.meta.update({"sample": s, "gold": task.answers, "dataset": task.dataset})
+            tr.gold, tr.dataset, tr.group, tr.member = list(task.answers), task.dataset, task.id, s
             rows.append({"task_id": task.id, "sample": s, "dataset": task.dataset, "answer": tr.answer,
                          "stats": tr.stats(), "trajectory_id": tr.id,
-                         "grounded": bool(tr.meta.get("evidence_url")),
+                         "grounded": bool(tr.evidence_url),
                          "citations": [{"url": c.url, "quote": c.quote, "source": c.source} for c in tr.citations],
                          "unseen_citations": len(unseen_citations(tr))})
         save_jsonl(trajs, traj_file)
         return rows
-    from sleuth.evals.baselines import answer_batch
+    from sleuth.baselines import answer_batch
     from sleuth.policy.base import SamplingParams
 
     t0 = time.time()

@@ -34,7 +34,6 @@ class PrefixCache:
         self.min_reuse = min_reuse     # shorter matches are not worth a separate cache layout
         self._entries: OrderedDict[int, _Entry] = OrderedDict()
         self._next_id = 0
-        self._tokens = 0
         self._bytes = 0
         self._weights_key: object = None
         self.hits = 0                  # prompt tokens served from the cache
@@ -43,17 +42,9 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    @property
-    def cached_tokens(self) -> int:
-        return self._tokens
-
-    @property
-    def cached_bytes(self) -> int:
-        return self._bytes
-
     def clear(self) -> None:
         self._entries.clear()
-        self._tokens = self._bytes = 0
+        self._bytes = 0
 
     def validate(self, weights_key: object) -> None:
         """Drop everything if the weights changed since the entries were computed."""
@@ -95,14 +86,12 @@ class PrefixCache:
             self._drop(eid)
         self._entries[self._next_id] = _Entry(t, kv, size)
         self._next_id += 1
-        self._tokens += len(t)
         self._bytes += size
         while self._bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))   # least recently used
 
     def _drop(self, eid: int) -> None:
         e = self._entries.pop(eid)
-        self._tokens -= len(e.tokens)
         self._bytes -= e.size
 
 

@@ -75,7 +75,9 @@ class TrainConfig:
     micro_batch_size: int = 4
     """Sequences per forward/backward pass; gradients accumulate over micro-batches into one update."""
     max_seq_len: int = 8192
-    """Training sequences longer than this are truncated on the right (counted in the metrics)."""
+    """Longest training sequence. A trajectory with a longer one is left out of the update whole (its final step
+    carries the reward) and counted: ``overlong_trajectories``, ``truncated_tokens`` (how far over) in the
+    metrics and the run summary."""
     bf16: bool = False
     """Run forward/backward under bfloat16 autocast (weights and optimizer state stay float32)."""
     gradient_checkpointing: bool = False

@@ -127,7 +127,7 @@ def export_policy_copy(src: Path, dest: Path) -> Path:
 
 def make_index(source: str, names: set[str | None], log: Callable[[str], None] = print) -> None:
     from sleuth import paths
-    from sleuth.index import build_index
+    from sleuth.search.index import build_index
 
     for name in sorted(n for n in names if n):
         if (paths.index_dir(name) / "meta.json").is_file():

@@ -1,11 +1,12 @@
 """REINFORCE on agent trajectories: the whole objective, top to bottom, in one file.
 
-What goes in: groups of finished trajectories (one group = several attempts at the same task) with their
-correctness. What comes out: one AdamW step on the policy and a new weight version. Rollouts live elsewhere;
+What goes in: groups of finished trajectories (one group = several attempts at the same task), each scored by
+``sleuth.rewards`` (its ``judgement``: correct, outcome reward). What comes out: one AdamW step on the policy and a new weight version. Rollouts live elsewhere;
 this file never samples.
 
-1) Reward. ``rewards.outcome_reward`` (correct/incorrect, optional F1 partial credit, format and budget
-   penalties), spread over the agent's steps by gamma-decay for correct trajectories (``rewards.token_rewards``).
+1) Reward. Decided before the update, in one place (``rewards.score``: correct/incorrect, grounding, optional F1
+   partial credit, format and budget penalties) and read from ``traj.judgement``; spread over the agent's steps
+   by gamma-decay for correct trajectories (``rewards.token_rewards``).
 2) Advantage. Per-token reward minus the group's mean outcome reward (optionally divided by the group std,
    ``normalize_std``). A group whose rewards are all equal carries no signal: it is counted and skipped.
 3) Negative-sample control. A seeded fraction of the failed trajectories (``negative_drop_frac``) is left out
@@ -17,7 +18,8 @@ this file never samples.
 5) Loss. ``−Σ w·A·logπ / Σ mask`` over every trained token of the batch (token-level normalisation, as in
    nanochat's chat_rl.py), plus an optional k1.5-style ``τ/2·(logπ − logπ_old)²`` on the same tokens.
    Sequences are built only from recorded token ids: input = ids[:-1], target = ids[1:], loss mask = mask[1:]
-   (a token is trained iff the policy sampled it; prompt and tool tokens are context only).
+   (a token is trained iff the policy sampled it; prompt and tool tokens are context only). A trajectory with a
+   sequence longer than ``max_seq_len`` is never cut: it is left out whole and counted (see ``build_rows``).
 """
 
 from __future__ import annotations
@@ -25,27 +27,18 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..rewards import outcome_reward, token_rewards
-from ..trajectory import Trajectory
+from ..rewards import require_judgement, token_rewards
+from ..trajectory import Segment, Trajectory
 from .config import TrainConfig
 
 
-@dataclass
-class Scored:
-    """A finished trajectory and its judgement; ``reward`` None means ``outcome_reward(traj, correct, f1=f1)``."""
-    traj: Trajectory
-    correct: bool
-    reward: float | None = None
-    f1: float = 0.0            # token F1 of the answer vs gold (partial credit, if the reward config gives any)
-
-
-Group = list[Scored]   # attempts at the same task; their mean reward is the baseline
+Group = list[Trajectory]   # attempts at the same task, each with its judgement; their mean reward is the baseline
 
 
 # ------------------------------------------------------------------------------------------- 1-3. selection
@@ -68,8 +61,7 @@ def negatives_to_drop(n_failed: int, frac: float, seed: int, version: int) -> se
 
 @dataclass
 class Selected:
-    scored: Scored
-    reward: float
+    traj: Trajectory
     baseline: float
     scale: float
 
@@ -79,15 +71,14 @@ def select(groups: list[Group], cfg: TrainConfig, version: int) -> tuple[list[Se
     kept: list[Selected] = []
     skipped, all_rewards = 0, []
     for group in groups:
-        rewards = [outcome_reward(s.traj, s.correct, cfg.reward, f1=s.f1) if s.reward is None else float(s.reward)
-                   for s in group]
+        rewards = [require_judgement(t).reward for t in group]
         all_rewards += rewards
         adv = group_advantage(rewards, cfg.normalize_std)
         if adv is None:
             skipped += 1
             continue
-        kept += [Selected(s, r, *adv) for s, r in zip(group, rewards)]
-    failed = [i for i, s in enumerate(kept) if not s.scored.correct]
+        kept += [Selected(t, *adv) for t in group]
+    failed = [i for i, s in enumerate(kept) if not require_judgement(s.traj).correct]
     drop = negatives_to_drop(len(failed), cfg.negative_drop_frac, cfg.seed, version)
     drop_ids = {failed[i] for i in drop}
     kept = [s for i, s in enumerate(kept) if i not in drop_ids]
@@ -98,7 +89,7 @@ def select(groups: list[Group], cfg: TrainConfig, version: int) -> tuple[list[Se
         "trained_trajectories": float(len(kept)),
         "dropped_negatives": float(len(drop_ids)),
         "mean_reward": float(np.mean(all_rewards)) if all_rewards else 0.0,
-        "accuracy": float(np.mean([s.correct for g in groups for s in g])) if all_rewards else 0.0,
+        "accuracy": float(np.mean([require_judgement(t).correct for g in groups for t in g])) if groups else 0.0,
     }
     return kept, stats
 
@@ -119,22 +110,40 @@ class Row:
 class RowStats:
     old_tokens: int = 0        # policy tokens from older versions
     masked_old: int = 0        # ... of which dropped ('mask' mode)
-    truncated: int = 0         # tokens cut by max_seq_len
+    overlong: int = 0          # trajectories left out whole: a sequence longer than max_seq_len
+    truncated: int = 0         # tokens of those sequences beyond max_seq_len
+
+
+def trained_length(seg: Segment) -> int:
+    """Tokens of the segment up to and including its last policy token: what a training sequence needs.
+    Trailing prompt/tool tokens (an observation after the last reply) are never targets and are dropped."""
+    return max((t + 1 for t, m in enumerate(seg.mask) if m), default=0)
 
 
 def build_rows(selected: list[Selected], cfg: TrainConfig, version: int) -> tuple[list[Row], RowStats]:
+    """Training rows of the selected trajectories, one per segment.
+
+    A trajectory with a segment longer than ``max_seq_len`` (after dropping trailing tool tokens) is left out
+    whole and counted. Keeping the head would lose the final step, the one that carries the reward; keeping the
+    tail or cutting windows would train log π(token | a truncated context), a distribution the policy never
+    sampled from (the question itself sits at the start), so the gradient would no longer be the policy's.
+    Its reward still counts in its group's baseline, as for a dropped negative.
+    """
     rows, st = [], RowStats()
     for sel in selected:
-        traj = sel.scored.traj
-        per_seg = token_rewards(traj, sel.scored.correct, cfg.reward, reward=sel.reward)
-        for seg, rew in zip(traj.segments, per_seg):
-            n = len(seg.token_ids)
-            if not (len(seg.mask) == len(seg.logprobs) == len(seg.versions) == len(seg.steps) == n):
+        traj = sel.traj
+        for seg in traj.segments:
+            if not (len(seg.mask) == len(seg.logprobs) == len(seg.versions) == len(seg.steps)
+                    == len(seg.token_ids)):
                 raise ValueError(f"trajectory {traj.id}: segment fields have different lengths")
-            if n > cfg.max_seq_len:
-                st.truncated += n - cfg.max_seq_len
-                n = cfg.max_seq_len
-            if n < 2 or not any(seg.mask[1:n]):
+        lengths = [trained_length(seg) for seg in traj.segments]
+        if any(n > cfg.max_seq_len for n in lengths):
+            st.overlong += 1
+            st.truncated += sum(max(n - cfg.max_seq_len, 0) for n in lengths)
+            continue
+        per_seg = token_rewards(traj, cfg.reward)
+        for seg, rew, n in zip(traj.segments, per_seg, lengths):
+            if n < 2:
                 continue
             lm, old = [], []
             for t in range(1, n):
@@ -311,15 +320,17 @@ class ReinforceTrainer:
         t0 = time.perf_counter()
         cfg = self.cfg
         for g in groups:
-            for s in g:
-                if not s.traj.finished:
-                    raise ValueError(f"trajectory {s.traj.id} is not finished ({s.traj.finish_reason!r}); "
+            for t in g:
+                if not t.finished:
+                    raise ValueError(f"trajectory {t.id} is not finished ({t.finish_reason!r}); "
                                      "unfinished runs belong in the replay buffer, not in an update")
         selected, metrics = select(groups, cfg, self.version)
         rows, rst = build_rows(selected, cfg, self.version)
         n_total = sum(sum(r.loss_mask) for r in rows)
         metrics.update(old_tokens=float(rst.old_tokens), masked_old_tokens=float(rst.masked_old),
-                       truncated_tokens=float(rst.truncated), tokens=float(n_total))
+                       overlong_trajectories=float(rst.overlong), truncated_tokens=float(rst.truncated),
+                       tokens=float(n_total))
+        metrics["trained_trajectories"] -= rst.overlong
         if n_total == 0:   # nothing to learn from: keep weights and version
             metrics.update(skipped_update=1.0, version=float(self.version), loss=0.0,
                            update_seconds=time.perf_counter() - t0)

@@ -16,11 +16,10 @@ import random
 import time
 from dataclasses import dataclass
 
-from sleuth.agent import Agent, AgentConfig, Budget, Environment
-from sleuth.evals.tasks import Task
-from sleuth.rewards import grounded
+from sleuth.agent import Agent, AgentConfig, Budget, Environment, ResumeState
+from sleuth.rewards import RewardConfig, judge_trajectory
 from sleuth.rl.buffer import ReplayBuffer
-from sleuth.rl.reinforce import Scored
+from sleuth.tasks.task import Task
 from sleuth.trajectory import Trajectory
 
 # Single-hop first, then two-hop, then compositional: a simple difficulty order for the curriculum.
@@ -52,63 +51,52 @@ class RolloutStats:
 
 class AgentRollout:
     def __init__(self, policy, env: Environment, agent_cfg: AgentConfig, tasks: list[Task], judge,
-                 require_evidence: bool = False):
-        self.policy, self.env, self.judge = policy, env, judge
-        self.require_evidence = require_evidence
+                 reward: RewardConfig):
+        self.policy, self.env, self.judge, self.reward = policy, env, judge, reward
         self.agent = Agent(policy, env, agent_cfg)
         self.tasks = tasks
 
     def task(self, cursor: int) -> Task:
         return self.tasks[cursor % len(self.tasks)]
 
-    def score(self, traj: Trajectory) -> Scored:
-        gold = traj.meta["gold"]
-        v = self.judge.judge(traj.question, traj.answer, gold)
-        shown = grounded(traj)
-        ok = shown or not self.require_evidence     # an answer nobody showed the agent earns nothing
-        traj.meta["verdict"] = {"em": v.em, "f1": v.f1, "cover": v.cover, "correct": v.correct, "grounded": shown}
-        return Scored(traj, bool(v.correct) and ok, f1=float(v.f1) if ok else 0.0)
+    def score(self, traj: Trajectory) -> Trajectory:
+        """Judge and reward a finished trajectory against its task's gold answers (``sleuth.rewards``)."""
+        judge_trajectory(traj, traj.gold, self.judge, self.reward)
+        return traj
 
     def collect(self, buffer: ReplayBuffer, cursor: int, n_tasks: int, group_size: int,
-                budget: Budget | None = None) -> tuple[list[list[Scored]], int, RolloutStats]:
+                budget: Budget | None = None) -> tuple[list[list[Trajectory]], int, RolloutStats]:
         t0 = time.time()
         stats = RolloutStats()
         stats.evicted = len(buffer.evict(self.policy.version))
-        resumed = []
-        for e in buffer.pop_resumable():
-            e.traj.meta["resume"] = e.state
-            resumed.append(e.traj)
+        resumed = [(e.traj, e.state) for e in buffer.pop_resumable()]
         stats.resumed = len(resumed)
-        questions, ids, metas = [], [], []
-        for k in range(n_tasks):
-            task = self.task(cursor + k)
-            for j in range(group_size):
-                questions.append(task.question)
-                ids.append(task.id)
-                metas.append({"group": f"{cursor + k}", "member": j, "gold": task.answers,
-                              "dataset": task.dataset})
+        fresh = [(self.task(cursor + k), f"{cursor + k}", j) for k in range(n_tasks) for j in range(group_size)]
         cursor += n_tasks
-        fresh_n = len(questions)
-        trajs = self.agent.run_batch(questions, ids, resume=resumed, budget=budget)
-        for t, m in zip(trajs[:fresh_n], metas):
-            t.meta.update(m)
-        stats.generated_tokens = sum(t.generated_tokens for t in trajs)
+        ran = self.agent.run_partial([task.question for task, _, _ in fresh], [task.id for task, _, _ in fresh],
+                                     resume=resumed, budget=budget)
+        for (t, _), (task, group, member) in zip(ran, fresh):
+            t.gold, t.dataset, t.group, t.member = list(task.answers), task.dataset, group, member
+        stats.generated_tokens = sum(t.generated_tokens for t, _ in ran)
 
-        members: dict[str, list[Trajectory]] = {}
-        for t in trajs:
-            members.setdefault(t.meta["group"], []).append(t)
+        members: dict[str, list[tuple[Trajectory, ResumeState | None]]] = {}
+        for t, state in ran:
+            members.setdefault(t.group, []).append((t, state))
         groups = []
         for g, ts in members.items():
-            done = ts + buffer.pop_group(g)
-            if all(t.finished for t in done):
-                groups.append([self.score(t) for t in sorted(done, key=lambda t: t.meta["member"])])
+            done = ts + [(t, None) for t in buffer.pop_group(g)]
+            if all(t.finished for t, _ in done):
+                groups.append([self.score(t) for t, _ in sorted(done, key=lambda ts: ts[0].member)])
                 stats.finished += len(done)
                 continue
-            for t in done:
+            for t, state in done:
                 if t.finished:
                     buffer.hold(t, g, self.policy.version)
                 else:
-                    buffer.add(t, t.meta.pop("resume"), self.policy.version, group=g)
+                    if state is None:
+                        raise ValueError(f"trajectory {t.id} stopped unfinished without a resume state "
+                                         "(partial rollout needs a token policy)")
+                    buffer.add(t, state, self.policy.version, group=g)
                     stats.parked += 1
         stats.seconds = time.time() - t0
         return groups, cursor, stats

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 
 from ..policy.base import Generation, SamplingParams
+from ..rewards import score
 from ..trajectory import Segment, Trajectory
 from .buffer import ReplayBuffer
 from .checkpoint import load_latest, save
 from .config import TrainConfig
-from .reinforce import ReinforceTrainer, Scored
+from .reinforce import ReinforceTrainer
 
 PAD, BOS, OBS = 0, 1, 2
 FIRST_TASK = 3
@@ -112,8 +113,8 @@ class ToyEnv:
         seg.extend_context(task.prompt)
         return Trajectory(question=f"toy task {task.index % self.n_tasks}", task_id=str(task.index % self.n_tasks),
                           id=f"{group}-{member}",   # deterministic, so repeated runs are comparable
-                          policy="toy", segments=[seg], prompt_tokens=len(task.prompt),
-                          meta={"group": group, "task_index": task.index, "target": task.target})
+                          policy="toy", segments=[seg], prompt_tokens=len(task.prompt), gold=[str(task.target)],
+                          group=group, member=member, meta={"task_index": task.index})
 
     def correct(self, traj: Trajectory) -> bool:
         return traj.finish_reason == "finish"
@@ -133,8 +134,8 @@ class ToyEnv:
                 t.segments[-1].extend_policy(g.token_ids, g.logprobs, policy.version, step=t.steps)
                 t.steps += 1
                 t.generated_tokens += len(g.token_ids)
-                if t.meta["target"] in g.token_ids:
-                    t.finish_reason, t.answer = "finish", str(t.meta["target"])
+                if int(t.gold[0]) in g.token_ids:
+                    t.finish_reason, t.answer = "finish", t.gold[0]
                 elif t.steps >= self.max_steps:
                     t.finish_reason = "max_steps"
                 else:
@@ -164,7 +165,7 @@ def collect(env: ToyEnv, policy: ToyPolicy, buffer: ReplayBuffer, cursor: int, n
     order: list[str] = []
     members: dict[str, list[Trajectory]] = {}
     for t in active:
-        g = t.meta["group"]
+        g = t.group
         if g not in members:
             order.append(g)
             members[g] = []
@@ -173,7 +174,7 @@ def collect(env: ToyEnv, policy: ToyPolicy, buffer: ReplayBuffer, cursor: int, n
     for g in order:
         done = members[g] + buffer.pop_group(g)
         if all(t.finished for t in done):
-            groups.append(sorted(done, key=lambda t: int(t.id.rsplit("-", 1)[1])))
+            groups.append(sorted(done, key=lambda t: t.member))
             continue
         for t in done:
             if t.finished:
@@ -205,7 +206,9 @@ def train_toy(cfg: TrainConfig, iterations: int, out_dir: str | None = None, ste
         groups, cursor, rstats = collect(env, policy, buffer, cursor, cfg.tasks_per_iteration, cfg.group_size,
                                          step_budget)
         rollout_s = time.perf_counter() - t0
-        m = trainer.step([[Scored(t, env.correct(t)) for t in g] for g in groups])
+        for t in (t for g in groups for t in g):
+            score(t, env.correct(t), cfg.reward)
+        m = trainer.step(groups)
         m.update(rstats, iteration=float(it + 1), rollout_seconds=rollout_s,
                  mean_steps=float(np.mean([t.steps for g in groups for t in g])) if groups else 0.0)
         history.append(m)

@@ -2,7 +2,9 @@
 
 Resumable: every iteration ends with an atomic checkpoint (weights, optimizer, replay buffer, RNG, data
 cursor, metrics); ``--resume`` continues from the latest one with the same state, so a ``kill -9`` costs
-at most the iteration in flight. Metrics go to ``metrics.jsonl`` and TensorBoard in the run directory.
+at most the iteration in flight. Metrics go to ``metrics.jsonl`` and TensorBoard in the run directory, each
+rollout's answer and judgement to ``rollouts.jsonl``, the run's totals (trajectories trained, groups without
+signal, trajectories left out as longer than ``max_seq_len``) to ``summary.json`` and the last log line.
 
 Config TOML: top-level keys are ``RunConfig`` fields; a ``[rl]`` table holds ``TrainConfig`` fields (with
 its own ``[rl.reward]`` table).
@@ -19,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sleuth.rewards import grounded
 from sleuth.rl.config import TrainConfig, _build, load_config
 
 
@@ -42,7 +43,7 @@ class RunConfig:
     source dataset ("nq"). With several task sources, each keeps what matches; at least one must match."""
     question_kinds: list[str] | None = None
     """Only train on these kinds of question (None = all): "open", "comparison", "yes/no"
-    (`sleuth.evals.tasks.question_kind`). Leaving out comparison and yes/no questions keeps a gain on
+    (`sleuth.tasks.task.question_kind`). Leaving out comparison and yes/no questions keeps a gain on
     dev from coming out of guessing between the candidates a question names."""
     reachable_k: int = 0
     """Keep only tasks whose gold answer occurs in the top `reachable_k` results of searching the question
@@ -54,7 +55,15 @@ class RunConfig:
     index: str | None = None
     engine: str = "auto"
     judge: str = "cover"
-    """Reward judge: cover (strict: no candidate lists, no long answers) | em | f1>=T."""
+    """Reward judge: cover (strict: no candidate lists, no long answers) | em | f1>=T | llm (a model grades;
+    set judge_model and/or judge_base_url)."""
+    judge_model: str | None = None
+    """LLM judge: the model's name on its server."""
+    judge_base_url: str | None = None
+    """LLM judge: an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (None = the OpenAI API)."""
+    judge_api_key_env: str | None = None
+    """LLM judge: the environment variable holding its API key (None = SLEUTH_API_KEY or OPENAI_API_KEY; a
+    local server needs none)."""
     max_steps: int = 6
     max_new_tokens: int = 128
     prompt: str = "short-fewshot"
@@ -88,12 +97,21 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
     return cfg
 
 
+def build_judge(cfg: RunConfig):
+    """The run's reward judge (``cfg.judge`` with its model, server and key for the LLM judge)."""
+    from sleuth.tasks.judges import make_judge
+
+    return make_judge(cfg.judge, model=cfg.judge_model, base_url=cfg.judge_base_url,
+                      api_key_env=cfg.judge_api_key_env)
+
+
 def split_tasks(cfg: RunConfig, with_validation: bool = False):
     """Training tasks minus the evaluation holdout (and any near-identical question), minus the validation
     split; with ``with_validation`` returns (train, holdout, validation)."""
-    from sleuth.evals.judges import normalize_answer
-    from sleuth.evals.loaders import QA_FILE_SUFFIXES
-    from sleuth.evals.tasks import QUESTION_KINDS, in_datasets, load_tasks, question_kind
+    from sleuth.tasks.normalize import normalize_answer
+    from sleuth.tasks.loaders import QA_FILE_SUFFIXES
+    from sleuth.tasks.loaders import load_tasks
+    from sleuth.tasks.task import QUESTION_KINDS, in_datasets, question_kind
 
     held = load_tasks(cfg.holdout_benchmark, limit=cfg.holdout, seed=cfg.holdout_seed) if cfg.holdout else []
     held_ids = {t.id for t in held}
@@ -131,7 +149,7 @@ def in_validation(task_id: str, share: float, seed: int) -> bool:
 def keep_reachable(tasks, engine, k: int, batch: int = 64):
     """The tasks whose gold answer (normalised) occurs in the title or snippet of one of the top-k results
     of searching the task's question verbatim — a cheap check that the environment can show the answer."""
-    from sleuth.evals.judges import mentions
+    from sleuth.tasks.judges import mentions
 
     kept = []
     for i in range(0, len(tasks), batch):
@@ -143,19 +161,69 @@ def keep_reachable(tasks, engine, k: int, batch: int = 64):
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iterations: int | None = None,
-          log: Callable[[str], None] = print, progress: bool = True) -> list[dict[str, Any]]:
+          log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run (or resume) the RL loop; returns every iteration's metrics. Each iteration: rollouts of the current
+    weights → judged groups → one REINFORCE step → metrics and rollouts recorded → an atomic checkpoint."""
+    from sleuth.agent import Budget
+    from sleuth.rl.checkpoint import save
+
+    judge = build_judge(cfg)   # first: a judge without its model or key fails before anything loads
+    out = Path(out_dir)
+    trainer, policy, run = _start_or_resume(cfg, out, resume, log)
+    rollout = _make_rollout(cfg, policy, judge, log)
+    budget = Budget(cfg.rollout_seconds, cfg.rollout_tokens)
+    rl = cfg.rl
+    total = iterations if iterations is not None else rl.iterations
+    record = _Recorder(out)
+    for it in range(run.iteration, total):
+        t0 = time.time()
+        policy.version = trainer.version
+        groups, run.cursor, rs = rollout.collect(run.buffer, run.cursor, rl.tasks_per_iteration, rl.group_size,
+                                                 budget)
+        m = trainer.step(groups)
+        policy.version = trainer.version
+        trajs = [t for g in groups for t in g]
+        m.update(_rollout_metrics(trajs))
+        m.update(iteration=it + 1, rollout_seconds=rs.seconds, rollout_tokens=rs.generated_tokens,
+                 rollout_tokens_per_s=rs.generated_tokens / max(rs.seconds, 1e-9), resumed=rs.resumed,
+                 parked=rs.parked, evicted=rs.evicted, buffer=len(run.buffer), cursor=run.cursor,
+                 iteration_seconds=time.time() - t0)
+        run.history.append(m)
+        record.iteration(it + 1, m, trajs)
+        save(out, trainer, iteration=it + 1, buffer=run.buffer, cursor=run.cursor, metrics=run.history,
+             keep=rl.keep_checkpoints)
+        log(f"iter {it + 1}/{total}: acc {m.get('accuracy', 0):.3f} reward {m.get('mean_reward', 0):+.3f} "
+            f"steps {m['mean_steps']:.2f} search {m.get('search_rate', 0):.2f} "
+            f"fmt {m['format_errors_per_traj']:.2f} "
+            f"entropy {m.get('entropy', float('nan')):.3f} skipped {m.get('skipped_groups', 0):.0f} "
+            f"tok/s {m['rollout_tokens_per_s']:.0f} {m['iteration_seconds']:.0f}s v{trainer.version}"
+            + (f" overlong {m['overlong_trajectories']:.0f}" if m.get("overlong_trajectories") else ""))
+    record.close()
+    log(_summary_line(record.summary(run.history, trainer.version)))
+    return run.history
+
+
+# ------------------------------------------------------------------------------------- the loop's parts
+@dataclass
+class _RunState:
+    """What a checkpoint carries besides the weights: the loop continues from here."""
+    buffer: Any
+    cursor: int = 0
+    iteration: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _start_or_resume(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str], None]):
+    """The trainer (weights, optimizer, version), the policy sampling from its weights, and the loop's state:
+    from the latest checkpoint with ``resume``, else fresh from ``cfg.model``."""
     import numpy as np
     import torch
 
-    from sleuth.agent import AgentConfig, Budget, Environment
-    from sleuth.evals.judges import make_judge
     from sleuth.policy.hf import HFPolicy, adapter_dir
     from sleuth.rl.buffer import ReplayBuffer
-    from sleuth.rl.checkpoint import load_latest, load_weights, save
+    from sleuth.rl.checkpoint import load_latest, load_weights
     from sleuth.rl.reinforce import ReinforceTrainer
-    from sleuth.rl.rollout import AgentRollout, curriculum_order
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -174,17 +242,23 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     if adapter is not None:
         load_weights(trainer.model, adapter, lora=True)
         trainer.version = base.version
-    buffer, cursor, start, history = ReplayBuffer(max_age=rl.max_partial_age), 0, 0, []
+    run = _RunState(ReplayBuffer(max_age=rl.max_partial_age))
     if ck is not None:
         ck.restore(trainer)
-        buffer, cursor, start, history = ck.buffer, int(ck.cursor), ck.iteration, list(ck.metrics)
-        log(f"resumed from {ck.path.name}: iteration {start}, version {trainer.version}, "
-            f"buffer {len(buffer)}, cursor {cursor}")
+        run = _RunState(ck.buffer, int(ck.cursor), ck.iteration, list(ck.metrics))
+        log(f"resumed from {ck.path.name}: iteration {run.iteration}, version {trainer.version}, "
+            f"buffer {len(run.buffer)}, cursor {run.cursor}")
     policy = HFPolicy(trainer.model, base.tokenizer, name=f"{base.name}-rl", version=trainer.version)
+    return trainer, policy, run
+
+
+def _make_rollout(cfg: RunConfig, policy, judge, log: Callable[[str], None]):
+    """The training tasks (holdout and validation removed, optionally only reachable ones, in curriculum
+    order) and the rollout that runs the agent on them with the search and browse tools."""
+    from sleuth.rl.rollout import AgentRollout, curriculum_order
 
     tasks, held = split_tasks(cfg)
-    env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k,
-                                 tools=("search", "browse"))
+    env, acfg = _agent_setup(cfg, cfg.rl.temperature)
     if cfg.reachable_k:
         n = len(tasks)
         tasks = keep_reachable(tasks, env.search_engine, cfg.reachable_k)
@@ -192,47 +266,68 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
             "for their question")
         if not tasks:
             raise ValueError(f"no training task has its answer in the top {cfg.reachable_k} search results")
-    tasks = curriculum_order(tasks, rl.seed, cfg.curriculum)
-    acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=rl.temperature,
-                       prompt=cfg.prompt)
-    rollout = AgentRollout(policy, env, acfg, tasks, make_judge(cfg.judge),
-                           require_evidence=rl.reward.require_evidence)
-    budget = Budget(cfg.rollout_seconds, cfg.rollout_tokens)
+    tasks = curriculum_order(tasks, cfg.rl.seed, cfg.curriculum)
     log(f"training on {len(tasks)} tasks ({cfg.tasks}), holdout {len(held)} never trained on; "
-        f"{rl.tasks_per_iteration}×{rl.group_size} trajectories per iteration")
+        f"{cfg.rl.tasks_per_iteration}×{cfg.rl.group_size} trajectories per iteration")
+    return AgentRollout(policy, env, acfg, tasks, judge, cfg.rl.reward)
 
-    from torch.utils.tensorboard import SummaryWriter
-    tb = SummaryWriter(str(out / "tb"))
-    total = iterations if iterations is not None else rl.iterations
-    for it in range(start, total):
-        t0 = time.time()
-        policy.version = trainer.version
-        groups, cursor, rs = rollout.collect(buffer, cursor, rl.tasks_per_iteration, rl.group_size, budget)
-        m = trainer.step(groups)
-        policy.version = trainer.version
-        trajs = [s.traj for g in groups for s in g]
-        m.update(_rollout_metrics(trajs))
-        m.update(iteration=it + 1, rollout_seconds=rs.seconds, rollout_tokens=rs.generated_tokens,
-                 rollout_tokens_per_s=rs.generated_tokens / max(rs.seconds, 1e-9), resumed=rs.resumed,
-                 parked=rs.parked, evicted=rs.evicted, buffer=len(buffer), cursor=cursor,
-                 iteration_seconds=time.time() - t0)
-        history.append(m)
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+
+def _agent_setup(cfg: RunConfig, temperature: float):
+    """The tools (search and browse over the run's index) and agent settings of the run's rollouts."""
+    from sleuth.agent import AgentConfig, Environment
+
+    env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k, tools=("search", "browse"))
+    return env, AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
+                            prompt=cfg.prompt)
+
+
+class _Recorder:
+    """Each iteration's metrics to metrics.jsonl and TensorBoard, its rollouts (answers, judgements,
+    statistics) to rollouts.jsonl; at the end, the run's totals to summary.json."""
+
+    SUMMED = ("trajectories", "trained_trajectories", "skipped_groups", "dropped_negatives", "overlong_trajectories",
+              "truncated_tokens", "masked_old_tokens", "skipped_update")
+
+    def __init__(self, out: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.out = out
+        self.tb = SummaryWriter(str(out / "tb"))
+
+    def iteration(self, it: int, m: dict[str, Any], trajs) -> None:
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(m) + "\n")
         for k, v in m.items():
             if isinstance(v, (int, float)) and v == v:
-                tb.add_scalar(k, v, it + 1)
-        tb.flush()
-        _save_rollouts(out, it + 1, trajs)
-        save(out, trainer, iteration=it + 1, buffer=buffer, cursor=cursor, metrics=history,
-             keep=rl.keep_checkpoints)
-        log(f"iter {it + 1}/{total}: acc {m.get('accuracy', 0):.3f} reward {m.get('mean_reward', 0):+.3f} "
-            f"steps {m['mean_steps']:.2f} search {m.get('search_rate', 0):.2f} "
-            f"fmt {m['format_errors_per_traj']:.2f} "
-            f"entropy {m.get('entropy', float('nan')):.3f} skipped {m.get('skipped_groups', 0):.0f} "
-            f"tok/s {m['rollout_tokens_per_s']:.0f} {m['iteration_seconds']:.0f}s v{trainer.version}")
-    tb.close()
-    return history
+                self.tb.add_scalar(k, v, it)
+        self.tb.flush()
+        with open(self.out / "rollouts.jsonl", "a", encoding="utf-8") as f:
+            for t in trajs:
+                f.write(json.dumps({"iteration": it, "task_id": t.task_id, "question": t.question,
+                                    "answer": t.answer, "gold": t.gold,
+                                    "judgement": dataclasses.asdict(t.judgement) if t.judgement else None,
+                                    "stats": t.stats(), "versions": sorted(t.versions)}) + "\n")
+
+    def close(self) -> None:
+        self.tb.close()
+
+    def summary(self, history: list[dict[str, Any]], version: int) -> dict[str, Any]:
+        """Totals over every iteration of the run (resumed ones included), written to summary.json."""
+        last = history[-1] if history else {}
+        out: dict[str, Any] = {"iterations": len(history), "version": version,
+                               **{k: sum(m.get(k, 0.0) for m in history) for k in self.SUMMED},
+                               "last_accuracy": last.get("accuracy"), "last_mean_reward": last.get("mean_reward")}
+        (self.out / "summary.json").write_text(json.dumps(out, indent=2))
+        return out
+
+
+def _summary_line(s: dict[str, Any]) -> str:
+    line = (f"done: {s['iterations']} iterations, version {s['version']}; {s['trained_trajectories']:.0f} of "
+            f"{s['trajectories']:.0f} trajectories trained, {s['skipped_groups']:.0f} groups without signal")
+    if s["overlong_trajectories"]:
+        line += (f"; {s['overlong_trajectories']:.0f} trajectories longer than max_seq_len left out "
+                 f"({s['truncated_tokens']:.0f} tokens over)")
+    return line
 
 
 def validate_checkpoint(cfg: RunConfig, run_dir: str | Path, checkpoint: str | Path, tasks, greedy: bool = True,
@@ -241,25 +336,20 @@ def validate_checkpoint(cfg: RunConfig, run_dir: str | Path, checkpoint: str | P
     included when the run requires it): the number a recipe picks its checkpoint by."""
     import tempfile
 
-    from sleuth.agent import AgentConfig, Environment
-    from sleuth.evals.judges import make_judge
     from sleuth.policy.hf import HFPolicy
     from sleuth.rl.rollout import AgentRollout
 
     with tempfile.TemporaryDirectory(dir=run_dir) as d:
         policy = HFPolicy.load(export_policy(run_dir, Path(d) / "policy", checkpoint=checkpoint))
-    env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k, tools=("search", "browse"))
-    acfg = AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens,
-                       temperature=0.0 if greedy else cfg.rl.temperature, prompt=cfg.prompt)
-    rollout = AgentRollout(policy, env, acfg, tasks, make_judge(cfg.judge),
-                           require_evidence=cfg.rl.reward.require_evidence)
+    env, acfg = _agent_setup(cfg, 0.0 if greedy else cfg.rl.temperature)
+    rollout = AgentRollout(policy, env, acfg, tasks, build_judge(cfg), cfg.rl.reward)
     correct = 0
     for i in range(0, len(tasks), batch):
         chunk = tasks[i:i + batch]
         trajs = rollout.agent.run_batch([t.question for t in chunk], [t.id for t in chunk])
         for traj, task in zip(trajs, chunk):
-            traj.meta["gold"] = task.answers
-            correct += rollout.score(traj).correct
+            traj.gold = list(task.answers)
+            correct += rollout.score(traj).judgement.correct
     return correct / max(len(tasks), 1)
 
 
@@ -267,7 +357,8 @@ def _rollout_metrics(trajs) -> dict[str, float]:
     if not trajs:
         return {"mean_steps": 0.0, "format_errors_per_traj": 0.0}
     n = len(trajs)
-    ok = [t for t in trajs if t.meta.get("verdict", {}).get("correct")]
+    judged = [t.judgement for t in trajs]
+    ok = [t for t in trajs if t.judgement.judged_correct]
     return {
         "mean_steps": sum(t.steps for t in trajs) / n,
         "steps_per_correct": sum(t.steps for t in ok) / len(ok) if ok else float("nan"),
@@ -276,21 +367,12 @@ def _rollout_metrics(trajs) -> dict[str, float]:
         "search_rate": sum(bool(t.queries) for t in trajs) / n,
         "browse_rate": sum(bool(t.urls_opened) for t in trajs) / n,
         "judged_correct": len(ok) / n,     # strict judge alone (accuracy above also needs grounding if required)
-        "grounded_rate": sum(grounded(t) for t in trajs) / n,
-        "em": sum(t.meta["verdict"]["em"] for t in trajs) / n,
-        "f1": sum(t.meta["verdict"]["f1"] for t in trajs) / n,
-        "cover": sum(t.meta["verdict"]["cover"] for t in trajs) / n,
+        "grounded_rate": sum(j.grounded for j in judged) / n,
+        "em": sum(j.em for j in judged) / n,
+        "f1": sum(j.f1 for j in judged) / n,
+        "cover": sum(j.cover for j in judged) / n,
         "mean_generated_tokens": sum(t.generated_tokens for t in trajs) / n,
     }
-
-
-def _save_rollouts(out: Path, iteration: int, trajs) -> None:
-    """Keep a compact record of each iteration's rollouts (answers, judgements, statistics)."""
-    with open(out / "rollouts.jsonl", "a", encoding="utf-8") as f:
-        for t in trajs:
-            f.write(json.dumps({"iteration": iteration, "task_id": t.task_id, "question": t.question,
-                                "answer": t.answer, "gold": t.meta.get("gold"), "verdict": t.meta.get("verdict"),
-                                "stats": t.stats(), "versions": sorted(t.versions)}) + "\n")
 
 
 def export_policy(run_dir: str | Path, dest: str | Path, checkpoint: str | Path | None = None) -> Path:

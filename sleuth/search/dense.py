@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sleuth import paths
-from sleuth.docstore import DocStore
+from sleuth.search.docstore import DocStore
 from sleuth.search.base import SearchEngine, SearchResponse, SearchResult
 from sleuth.search.lexical import Ranked, batch_responses, to_results
 
@@ -35,8 +35,6 @@ class DenseConfig:
     max_tokens: int = 128
     """Word pieces kept per passage. The model was trained on 128; 256 is 3.5x slower on CPU for a
     0.987 cosine agreement on this corpus."""
-    batch_size: int = 64
-    """Passages per forward pass while embedding."""
     flat_max: int = 200_000
     """Up to this many passages the index is exact (IndexFlatIP); above it, IVF."""
     nprobe: int = 32

@@ -20,8 +20,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sleuth.corpus import passage_url
-from sleuth.docstore import DocStore
+from sleuth.search.corpus import passage_url
+from sleuth.search.docstore import DocStore
 from sleuth.search.base import SearchEngine, SearchResponse, SearchResult
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")  # bm25s' default splitter: words of two or more word characters

@@ -10,10 +10,10 @@ Modules: ``generate`` (link graph, passage profiles, bridge and comparison quest
 ``pipeline`` (configuration, orchestration, output).
 """
 
-from sleuth.synth.generate import GraphConfig, LinkGraph, Task
+from sleuth.synth.generate import GraphConfig, LinkGraph
 from sleuth.synth.pipeline import Funnel, SynthConfig, agent_tool_solver, closed_book_solver, synthesize, write_outputs
 from sleuth.synth.validate import ClosedBookSolver, EvalIndex, SynthError, ToolSolver, answer_match
 
 __all__ = ["ClosedBookSolver", "EvalIndex", "Funnel", "GraphConfig", "LinkGraph", "SynthConfig", "SynthError",
-           "Task", "ToolSolver", "agent_tool_solver", "answer_match", "closed_book_solver", "synthesize",
+           "ToolSolver", "agent_tool_solver", "answer_match", "closed_book_solver", "synthesize",
            "write_outputs"]

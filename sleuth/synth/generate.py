@@ -25,22 +25,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Callable, Iterable, Iterator
 
-from sleuth.corpus import Passage
-
-try:  # the evaluation loaders' task record; training data must load wherever eval tasks load
-    from sleuth.evals.tasks import Task
-except ImportError:  # pragma: no cover - only when the evals package is absent
-    @dataclass
-    class Task:  # type: ignore[no-redef]
-        id: str
-        question: str
-        answers: list[str]
-        dataset: str
-        metadata: dict[str, Any] = field(default_factory=dict)
-
-        def to_dict(self) -> dict[str, Any]:
-            return {"id": self.id, "question": self.question, "answers": list(self.answers),
-                    "dataset": self.dataset, "metadata": dict(self.metadata)}
+from sleuth.search.corpus import Passage
+from sleuth.tasks.normalize import normalize_answer
+from sleuth.tasks.task import Task
 
 
 # ------------------------------------------------------------------------------------------- text basics
@@ -563,8 +550,6 @@ class LinkGraph:
     def fact_values(self, ref: dict[str, Any], fact: str) -> set[Any]:
         """Distinct values of a fact over every passage the reference can denote. Dates, years and numbers
         compare by value ("9 October 1808" == "October 9, 1808"), names by their normalised text."""
-        from sleuth.synth.validate import normalize_answer
-
         vals: set[Any] = set()
         for pid in self.resolve(ref):
             f = self.profiles[pid].facts.get(fact)

@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from sleuth.corpus import Passage, load_source
-from sleuth.synth.generate import (GenStats, GraphConfig, LinkGraph, Task, generate_bridges,
-                                   generate_comparisons, generate_lookups)
+from sleuth.search.corpus import Passage, load_source
+from sleuth.synth.generate import (GenStats, GraphConfig, LinkGraph, generate_bridges, generate_comparisons,
+                                   generate_lookups)
 from sleuth.synth.reasoning import KINDS, generate_reasoning
 from sleuth.synth.validate import (ClosedBookSolver, EvalIndex, Stage, SynthError, ToolSolver, all_benchmark_names,
                                    check_closed_book, check_dedup, check_leak, check_pass_at_n, check_span,
                                    check_unique, load_eval_questions, skipped)
+from sleuth.tasks.task import Task
 
 
 @dataclass
@@ -292,7 +293,7 @@ def write_outputs(tasks: list[Task], funnel: Funnel, out: str | Path) -> tuple[P
 # ------------------------------------------------------------------------------ solvers from the project
 def closed_book_solver(policy: Any, max_new_tokens: int = 48, batch_size: int = 32) -> ClosedBookSolver:
     """The policy answering with no tools (the evaluation's closed-book baseline), greedy."""
-    from sleuth.evals.baselines import answer_batch
+    from sleuth.baselines import answer_batch
     from sleuth.policy.base import SamplingParams
 
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)

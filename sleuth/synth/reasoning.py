@@ -18,8 +18,8 @@ import sys
 from collections import defaultdict
 from typing import Any
 
-from sleuth.synth.generate import (BridgeBuilder, Fact, GenStats, LinkGraph, Task, _evidence, surface_of,
-                                   task_id)
+from sleuth.synth.generate import BridgeBuilder, Fact, GenStats, LinkGraph, _evidence, surface_of, task_id
+from sleuth.tasks.task import Task
 
 KINDS = ("age", "years-between", "difference", "conversion")
 

@@ -18,10 +18,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from sleuth.synth.generate import Task
+from sleuth.tasks.judges import cover_match
+from sleuth.tasks.normalize import normalize_answer
+from sleuth.tasks.task import Task
 
 if TYPE_CHECKING:
-    from sleuth.corpus import Passage
+    from sleuth.search.corpus import Passage
     from sleuth.synth.generate import LinkGraph
 
 ClosedBookSolver = Callable[[list[str]], list[str]]
@@ -40,16 +42,8 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
 def _local_normalize(s: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    """SQuAD normalisation for deduplication: lower case, no punctuation, no articles, single spaces."""
     return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCT)).split())
-
-
-try:  # the evaluation's own normalisation and matcher, so "solved" here means what it means in eval
-    from sleuth.evals.judges import cover_match as _cover_match
-    from sleuth.evals.judges import normalize_answer
-except ImportError:  # pragma: no cover - only when the evals package is absent
-    normalize_answer = _local_normalize
-    _cover_match = None
 
 
 def _contains(hay: list[str], needle: list[str]) -> bool:
@@ -73,11 +67,8 @@ def knows_answer(prediction: str, golds: Iterable[str]) -> bool:
 
 def answer_match(prediction: str, golds: Iterable[str], question: str = "") -> bool:
     """The evaluation's correctness: ``judges.cover_match`` (gold covered, hedging and over-long answers
-    rejected) when available, else the lenient match."""
-    golds = list(golds)
-    if _cover_match is not None:
-        return _cover_match(prediction, golds, question) > 0
-    return knows_answer(prediction, golds)
+    rejected), so "solved" here means what it means in eval."""
+    return cover_match(prediction, list(golds), question) > 0
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -373,7 +364,7 @@ def load_eval_questions(names: Iterable[str] = ("dev",), data_dir: str | None = 
 
     A set that cannot be read (missing file, optional reader not installed) is reported through ``warn``
     and skipped; the dev set is the one that must be there."""
-    from sleuth.evals.tasks import load_tasks
+    from sleuth.tasks.loaders import load_tasks
 
     out: list[tuple[str, str, list[str]]] = []
     for name in names:
@@ -390,7 +381,7 @@ def load_eval_questions(names: Iterable[str] = ("dev",), data_dir: str | None = 
 
 def all_benchmark_names() -> list[str]:
     """Every registered evaluation set (dev included), for the widest dedup."""
-    from sleuth.evals.loaders import BENCHMARKS
+    from sleuth.tasks.loaders import BENCHMARKS
 
     # dev-<subset> names repeat the dev rows; dr-/r1s- sets overlap each other but are all kept.
     return [n for n in BENCHMARKS if not n.startswith("dev-")]

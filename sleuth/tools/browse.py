@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sleuth.corpus import URL_SCHEME, parse_corpus_url
-from sleuth.docstore import DocStore
+from sleuth.search.corpus import URL_SCHEME, parse_corpus_url
+from sleuth.search.docstore import DocStore
 from sleuth.tools.base import Tool, ToolResult
-from sleuth.web import FetchError, WebFetcher
+from sleuth.tools.web import FetchError, WebFetcher
 
 MAX_FIND_HITS = 10
 MAX_GOAL_PASSAGES = 5

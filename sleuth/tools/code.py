@@ -1,10 +1,10 @@
-"""The code tool: run Python in a sandboxed worker that lives for one trajectory (see sleuth.sandbox)."""
+"""The code tool: run Python in a sandboxed worker that lives for one trajectory (see sleuth.tools.sandbox)."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from sleuth.sandbox import Sandbox, SandboxConfig
+from sleuth.tools.sandbox import Sandbox, SandboxConfig
 from sleuth.tools.base import Tool, ToolResult
 
 

@@ -2,7 +2,7 @@
 
 Layout of ``paths.index_dir(NAME)``::
 
-    docs.sqlite     passages, row i == position i in every index below (sleuth.docstore)
+    docs.sqlite     passages, row i == position i in every index below (sleuth.search.docstore)
     lexical/        bm25s indexes (body = title + text, and title alone) + config.json
     dense/          embeddings.npy (normalised float32) + faiss.index
     meta.json       written last: an index without it is incomplete and refused
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from sleuth import paths
-from sleuth.corpus import Passage, content_hash, load_source
-from sleuth.docstore import DocStore
+from sleuth.search.corpus import Passage, content_hash, load_source
+from sleuth.search.docstore import DocStore
 from sleuth.search import dense as dense_mod
 from sleuth.search import lexical as lexical_mod
 from sleuth.search.base import SearchEngine
@@ -253,7 +253,7 @@ def build_index(source: str | Path | None = None, name: str | None = None, *, de
     target = paths.index_dir(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(target)
-    dense_config = dense_config or dense_mod.DenseConfig(batch_size=batch_size)
+    dense_config = dense_config or dense_mod.DenseConfig()
     work = target.parent / f".{name}.{time.time_ns()}"
     work.mkdir()
     try:

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from sleuth.corpus import Passage
+from sleuth.search.corpus import Passage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS passages (

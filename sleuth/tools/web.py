@@ -20,7 +20,7 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
-from sleuth.corpus import html_to_text
+from sleuth.search.corpus import html_to_text
 
 DEFAULT_USER_AGENT = "Mozilla/5.0 (compatible; sleuth/0.1; research agent)"
 REDIRECT_CODES = {301, 302, 303, 307, 308}

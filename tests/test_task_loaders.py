@@ -6,10 +6,10 @@ from collections import Counter
 
 import pytest
 
-from sleuth.evals.loaders import (ANSWER_SPLIT, BENCHMARKS, BenchmarkError, _decrypt, decrypt_browsecomp,
-                                  decrypt_xbench, load_benchmark, load_qa_file)
-from sleuth.evals.tasks import Task, load_tasks
 from sleuth.paths import shared_data
+from sleuth.tasks.loaders import (ANSWER_SPLIT, BENCHMARKS, BenchmarkError, _decrypt, decrypt_browsecomp,
+                                  decrypt_xbench, load_benchmark, load_qa_file, load_tasks)
+from sleuth.tasks.task import Task
 
 pytestmark = pytest.mark.skipif(not (shared_data() / "benchmarks").is_dir(),
                                 reason="shared benchmark data not present")

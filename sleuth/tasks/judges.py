@@ -1,11 +1,9 @@
 """Grading a predicted answer against gold answers: string matches and an LLM judge, one interface.
 
-* ``normalize_answer`` / ``answer_tokens`` — SQuAD normalisation (lowercase, drop punctuation and the
-  articles a/an/the, squeeze whitespace); CJK characters count as one token each so Chinese answers get
-  meaningful token F1 and containment.
 * ``exact_match``, ``f1`` — SQuAD EM and token F1, max over the gold aliases.
 * ``cover_match`` — "the gold appears in the answer", hardened against the ways a policy games it:
-  naming several of the question's candidates ("A or B?" answered "A or B"), hedging with "or",
+  naming several of the question's candidates (``sleuth.tasks.task.question_candidates``: "A or B?" answered
+  "A or B"), hedging with "or",
   and long answers that mention everything.
 * ``Judge`` — ``judge(question, pred, golds) -> Verdict``; ``MatchJudge`` and ``LLMJudge`` (any
   ``ChatPolicy``) implement it. Every Verdict carries the judge's name and config.
@@ -15,43 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
-import string
-import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 from sleuth.policy.base import ChatPolicy, SamplingParams
-
-# ------------------------------------------------------------------------------------- normalisation
-_ASCII_PUNCT = set(string.punctuation)
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_CJK = r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
-_TOKEN = re.compile(rf"{_CJK}|(?:(?!{_CJK})\S)+")
-
-
-def normalize_answer(s: str | None, keep_articles: bool = False) -> str:
-    """SQuAD normalisation; also removes non-ASCII punctuation (，。「」 – …) the SQuAD script keeps."""
-    if not s:
-        return ""
-    s = str(s).lower()
-    s = "".join(ch for ch in s if ch not in _ASCII_PUNCT and not unicodedata.category(ch).startswith("P"))
-    if not keep_articles:
-        s = _ARTICLES.sub(" ", s)
-    return " ".join(s.split())
-
-
-def answer_tokens(s: str | None, keep_articles: bool = False) -> list[str]:
-    """Tokens of the normalised answer. Answers that normalisation would erase keep a form: "A" (a choice
-    letter) keeps its article-like token, "....-" (Morse code in FRAMES) its raw whitespace tokens."""
-    if not s:
-        return []
-    toks = _TOKEN.findall(normalize_answer(s, keep_articles))
-    if not toks and not keep_articles:
-        toks = _TOKEN.findall(normalize_answer(s, keep_articles=True))
-    return toks or str(s).lower().split()
-
+from sleuth.tasks.normalize import answer_tokens, normalize_answer
+from sleuth.tasks.task import question_candidates
 
 def _gold_list(golds: str | Sequence[str]) -> list[str]:
     if isinstance(golds, str):
@@ -88,94 +58,6 @@ def f1(pred: str | None, golds: str | Sequence[str]) -> float:
     if not p:
         return 0.0
     return max((_f1_one(p, answer_tokens(g)) for g in _gold_list(golds)), default=0.0)
-
-
-# -------------------------------------------------------------------------------- candidate answers
-_AUX = {"is", "are", "was", "were", "do", "does", "did", "can", "could", "has", "have", "had", "will",
-        "would", "should", "shall", "may", "might", "must"}
-_WH = {"which", "who", "whom", "whose", "what", "when", "where", "why", "how"}
-_STEM_WORDS = _AUX | _WH | {"name"}   # an item opening with one of these is the question, not an option
-_CLAUSE_WORDS = _WH | {"do", "does", "did"}   # an option holding one of these is part of the question
-# "X or more" and the like compare a quantity; they offer no options.
-_COMPARATORS = {"more", "less", "fewer", "higher", "lower", "greater", "smaller", "larger", "bigger", "above",
-                "below", "over", "under", "earlier", "later", "older", "newer", "younger", "longer", "shorter",
-                "equal", "after", "before", "so"}
-_MAX_CANDIDATE_WORDS = 12
-_SPLIT_ITEMS = re.compile(r",\s|;\s*|:\s|\s+or\s+", re.I)   # ", " not ",": keeps "85,000" whole
-_CHOICE_LINE = re.compile(r"^\s*([A-Z])[.)]\s+\S", re.M)
-
-
-def _option_ok(text: str) -> bool:
-    words = text.split()
-    return 0 < len(words) <= _MAX_CANDIDATE_WORDS and not {w.lower() for w in words} & _CLAUSE_WORDS
-
-
-def _or_options(question: str) -> list[str]:
-    # The comparison sits in the last interrogative clause: "..., A or B?" (periods stay: "Mr. Fix-It").
-    pieces = [p.strip() for p in re.split(r"(?<=[?!])\s+|\n+", question.strip()) if p.strip()]
-    asks = [p for p in pieces if p.endswith("?")]
-    if not asks:   # statements ("List the ... in Germany or ...") offer no options to choose between
-        return []
-    clause = asks[-1].rstrip(" ?.!\"'")
-    ors = list(re.finditer(r"\s+or\s+", clause, re.I))
-    if not ors:
-        return []
-    left, right = clause[:ors[-1].start()], clause[ors[-1].end():].strip(" \"'")
-    # The right option must end the clause; anything after it means this "or" is not an option list.
-    if re.search(r",\s|;", right) or not _option_ok(right):
-        return []
-    if re.sub(r"\W", "", right.split()[0].lower()) in _COMPARATORS:   # "85,000 or more", "(35% or less)"
-        return []
-    colon = left.rfind(": ")
-    cue = re.search(r"\b(?:between|either|whether)\s+", left, re.I)
-    if colon >= 0:   # "What lasted longer: A or B?" — everything after the colon is options
-        left_items = [s for s in _SPLIT_ITEMS.split(left[colon + 2:]) if s.strip()]
-        if not all(_option_ok(s) for s in left_items):
-            return []
-    elif cue:   # "between A and B or C" / "either A or B"
-        left_items = [s for s in re.split(r"\s+and\s+|,\s", left[cue.end():]) if s.strip()][-2:]
-        if not all(_option_ok(s) for s in left_items):
-            return []
-    else:
-        items = _SPLIT_ITEMS.split(left)
-        left_items = []
-        # Walk back from the last " or " through the list; the first item is always the question stem.
-        for item in reversed(items[1:]):
-            words = item.split()
-            if not words:
-                continue
-            if words[0].lower() in _STEM_WORDS | {"and"} or not _option_ok(item):
-                break
-            left_items.insert(0, item)
-    opts = [o.strip(" \"',;:") for o in left_items + [right]]
-    opts = [o for o in opts if _option_ok(o) and normalize_answer(o) != "not"]
-    return opts if len(opts) >= 2 else []   # an "X or Y" choice needs both sides
-
-
-# "Who was born first out of A and B?", "... between A and B?": a choice without an "or".
-_PAIR_TAIL = re.compile(r"\b(?:out of|between)\s+(.+?)\s+and\s+(.+?)\s*\?\s*$", re.I)
-
-
-def _pair_options(question: str) -> list[str]:
-    m = _PAIR_TAIL.search(question.strip())
-    if not m:
-        return []
-    opts = [o.strip(" \"',;:") for o in m.groups()]
-    return opts if all(_option_ok(o) for o in opts) else []
-
-
-def question_candidates(question: str) -> list[str]:
-    """Answer options the question itself offers: "Which came first, A or B?" → ["A", "B"].
-
-    Recognises lettered choices (lines "A. ..." / "B) ..."), "stem, A or B", "stem, A, B, or C",
-    "stem: A or B", "either/between A or B" and "out of / between A and B?" at the end of the question.
-    Returns [] when no options are recognisable.
-    (Yes and no are candidates too when the gold is one of them; ``cover_check`` adds them.)
-    """
-    letters = _CHOICE_LINE.findall(question)
-    if len(letters) >= 2 and len(set(letters)) == len(letters):
-        return letters
-    return _or_options(question) or _pair_options(question)
 
 
 # ------------------------------------------------------------------------------------- cover match
@@ -432,10 +314,29 @@ class LLMJudge:
         return verdict(parsed.correct, parsed.reason, raw=reply.text)
 
 
-def make_judge(spec: str = "cover", policy: ChatPolicy | None = None) -> Judge:
-    """'cover' | 'em' | 'f1>=T' → MatchJudge; 'llm' → LLMJudge(policy)."""
-    if spec == "llm":
-        if policy is None:
-            raise ValueError("the 'llm' judge needs a ChatPolicy (an OpenAI-compatible model)")
-        return LLMJudge(policy)
-    return MatchJudge(spec)
+def make_judge(spec: str = "cover", policy: ChatPolicy | None = None, *, model: str | None = None,
+               base_url: str | None = None, api_key_env: str | None = None) -> Judge:
+    """'cover' | 'em' | 'f1>=T' → MatchJudge; 'llm' → LLMJudge on ``policy``, or on the OpenAI-compatible server
+    at ``base_url`` (default: the OpenAI API) serving ``model``, with the API key read from the environment
+    variable ``api_key_env`` (default: SLEUTH_API_KEY or OPENAI_API_KEY; a local server needs none).
+
+    Building the judge makes no request; a missing model/server or key is a ValueError that says what to set.
+    """
+    if spec != "llm":
+        return MatchJudge(spec)
+    if policy is None:
+        if not (model or base_url or os.environ.get("OPENAI_BASE_URL")):
+            raise ValueError("the 'llm' judge needs a model: set judge_model (the model's name) and/or "
+                             "judge_base_url (an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1)")
+        api_key = None
+        if api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if not api_key:
+                raise ValueError(f"the 'llm' judge reads its API key from ${api_key_env}, which is not set")
+        from sleuth.policy.openai_policy import OpenAIPolicy, PolicyError
+
+        try:
+            policy = OpenAIPolicy(model or "default", base_url=base_url, api_key=api_key)
+        except PolicyError as e:
+            raise ValueError(f"cannot build the 'llm' judge: {e}") from None
+    return LLMJudge(policy)

@@ -1,5 +1,8 @@
 """Loaders for the published benchmarks in shared/data/benchmarks, the dev set, and the user's own files.
 
+``load_tasks`` is the single entry point for getting tasks: a registered benchmark name (``BENCHMARKS``),
+several names joined by commas, or the path of a JSONL / JSON / CSV / TSV file of question-answer pairs.
+
 Every loader turns one file into ``Task`` objects with the same shape: question, list of accepted answers,
 ``dataset`` = the registered name, and the file's other useful fields in ``metadata``. Two benchmarks ship
 encrypted with their canary scheme (xbench-DeepSearch, BrowseComp-ZH); they are decrypted in memory only,
@@ -21,9 +24,9 @@ import sys
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from sleuth.evals.tasks import Task
+from sleuth.tasks.task import Task, in_datasets
 
 QA_FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
 ANSWER_SPLIT = "<|answer_split|>"   # how verl-format files (DeepResearcher) join answer aliases
@@ -476,3 +479,41 @@ def load_qa_file(path: str | Path, dataset: str | None = None) -> list[Task]:
     if dup:
         raise BenchmarkError(f"{path}: {dup} duplicate task id(s); ids must be unique")
     return out
+
+
+def load_tasks(path_or_name: str | Path, limit: int | None = None,
+               datasets: Iterable[str] | None = None, *, seed: int | None = None,
+               data_dir: str | Path | None = None) -> list[Task]:
+    """Tasks from a benchmark name ("simpleqa", "dev", "r1s-hotpotqa,r1s-2wiki") or a JSONL/JSON/CSV path.
+
+    ``datasets`` keeps tasks whose ``dataset`` (e.g. "dev-hotpotqa") or original source dataset
+    (``metadata["source_dataset"]``, e.g. "hotpotqa") is listed; it applies before ``limit``.
+    ``seed`` shuffles deterministically before ``limit`` (the files are often sorted by dataset, so the
+    first N rows of a mixed set are not a fair sample).
+    """
+    spec = str(path_or_name).strip()
+    path = Path(spec).expanduser()
+    if path.is_file():
+        tasks = load_qa_file(path)
+    elif all(part.strip() in BENCHMARKS for part in spec.split(",")) and spec:
+        tasks = []
+        for part in spec.split(","):
+            tasks += load_benchmark(part.strip(), data_dir=data_dir)
+    elif path.suffix.lower() in QA_FILE_SUFFIXES or "/" in spec:
+        raise BenchmarkError(f"task file {spec!r} does not exist")
+    else:
+        unknown = [p.strip() for p in spec.split(",") if p.strip() not in BENCHMARKS]
+        raise BenchmarkError(
+            f"unknown benchmark {', '.join(map(repr, unknown)) or repr(spec)}; valid names: "
+            f"{', '.join(BENCHMARKS)} (or give the path of a .jsonl/.json/.csv/.tsv file)")
+
+    if datasets is not None:
+        wanted = {datasets} if isinstance(datasets, str) else set(datasets)
+        kept = [t for t in tasks if in_datasets(t, wanted)]
+        if not kept:
+            have = {t.dataset for t in tasks} | {t.metadata.get("source_dataset", "") for t in tasks}
+            have = sorted(have - {""})
+            raise BenchmarkError(
+                f"no task of {spec!r} belongs to datasets {sorted(wanted)}; available: {', '.join(have)}")
+        tasks = kept
+    return take(tasks, limit, seed)

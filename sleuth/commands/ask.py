@@ -21,6 +21,12 @@ def register(app: typer.Typer) -> None:
         index: Optional[str] = typer.Option(None, "--index", help="Index to search (default: wiki)."),
         engine: str = typer.Option("auto", "--engine", help="auto (hybrid if the index has embeddings) | hybrid | lexical | dense"),
         max_steps: int = typer.Option(10, "--max-steps", help="Step budget."),
+        context_window: int = typer.Option(8192, "--context-window",
+                                           help="Context budget in tokens (estimated for a --base-url server); "
+                                                "old observations are compressed to stay within it."),
+        max_retries: int = typer.Option(5, "--max-retries",
+                                        help="--base-url: retries of a failed request (429, 5xx, timeouts), with "
+                                             "exponential backoff that honours Retry-After."),
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
         prompt: str = typer.Option("short-fewshot", "--prompt", help="plain | fewshot | short | short-fewshot"),
         online: bool = typer.Option(False, "--online", help="Allow browsing real http(s) URLs."),
@@ -42,7 +48,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(2)
         with console.status("loading model…"):
-            policy = load_policy(model, base_url)
+            policy = load_policy(model, base_url, **({"max_retries": max_retries} if base_url else {}))
         import torch
 
         torch.manual_seed(seed)
@@ -63,8 +69,10 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[bold cyan]step {data['step']}[/] [red]blocked[/] {data['reason']}")
             elif kind == "context":
                 console.print(f"   [dim]context manager: {data}[/]")
+            elif kind == "error":
+                console.print(f"[bold cyan]step {data['step']}[/] [red]server error[/] {data['message']}")
 
-        cfg = AgentConfig(max_steps=max_steps, temperature=temperature, prompt=prompt)
+        cfg = AgentConfig(max_steps=max_steps, temperature=temperature, prompt=prompt, context_window=context_window)
         agent = Agent(policy, env, cfg, on_event=show)
         traj = agent.run(question)
         out = save or Path("runs") / "ask.jsonl"
@@ -73,11 +81,17 @@ def register(app: typer.Typer) -> None:
             print(json.dumps({"question": question, "answer": traj.answer, "finish_reason": traj.finish_reason,
                               "citations": [c.__dict__ for c in traj.citations],
                               "dropped_citations": [c.__dict__ for c in traj.dropped_citations],
-                              "stats": traj.stats(), "trajectory_file": str(out), "trajectory_id": traj.id},
+                              "stats": traj.stats(), "trajectory_file": str(out), "trajectory_id": traj.id,
+                              **({"error": traj.meta["error"]} if "error" in traj.meta else {})},
                              ensure_ascii=False, indent=2))
+            if traj.finish_reason == "error":
+                raise typer.Exit(1)
             return
         console.rule("answer")
-        if traj.answer is None:
+        if traj.finish_reason == "error":
+            console.print(f"[red]no answer: the run stopped on a server error after {traj.steps} step(s)[/] — "
+                          f"{traj.meta.get('error', '')}\n[dim]what it gathered is kept in the trajectory[/]")
+        elif traj.answer is None:
             console.print(f"[red]no answer[/] (ended: {traj.finish_reason})")
         else:
             console.print(f"[bold]{traj.answer}[/]")
@@ -89,3 +103,5 @@ def register(app: typer.Typer) -> None:
         s = traj.stats()
         console.print(f"[dim]{s['steps']} steps, {s['search_queries']} queries, {s['urls_opened']} pages opened, "
                       f"{s['generated_tokens']} tokens, {s['wall_seconds']:.1f}s — trajectory {traj.id} in {out}[/]")
+        if traj.finish_reason == "error":
+            raise typer.Exit(1)

@@ -11,8 +11,6 @@ A ``ChatPolicy`` (OpenAI-compatible server) runs the same loop over messages, wi
 from __future__ import annotations
 
 import json
-import secrets
-import string
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -173,13 +171,6 @@ def _as_tool_calls(example: list[dict[str, str]]) -> list[dict[str, Any]]:
 # * tool-call ids we make are 9 letters/digits (Mistral's rule); ids a server made are echoed as they came;
 # * every tool call is answered by exactly one ``role: tool`` message with its ``tool_call_id``;
 # * only standard keys (role, content, tool_calls, tool_call_id) — bookkeeping stays on the trajectory.
-_ID_CHARS = string.ascii_letters + string.digits
-
-
-def new_call_id() -> str:
-    return "".join(secrets.choice(_ID_CHARS) for _ in range(9))
-
-
 def tool_call_message(text: str, call_id: str, name: str, arguments: dict[str, Any] | str) -> dict[str, Any]:
     """An assistant turn with one tool call, in the shape every common server accepts (see above)."""
     args = arguments if isinstance(arguments, dict) else {}
@@ -470,7 +461,7 @@ class Agent:
             action.thought = reply.text or ""
         except protocol.ParseError as e:
             action = e
-        return tool_call_message(reply.text, call.id or new_call_id(), call.name, call.arguments), action, note
+        return tool_call_message(reply.text, call.id or protocol.new_call_id(), call.name, call.arguments), action, note
 
     # ---- shared: parse, intercept, act
     def _parse(self, run: _Run, text: str, count: bool = True):

@@ -8,6 +8,7 @@ OpenAI-compatible endpoint (sleuth/serve/openai_api.py) serving the real embedde
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from replay_servers import ChatReplayServer, api_error, completion, tool_calls
@@ -15,6 +16,7 @@ from replay_servers import ChatReplayServer, api_error, completion, tool_calls
 from sleuth.agent import Agent, AgentConfig
 from sleuth.context import ContextConfig
 from sleuth.policy.openai_policy import OpenAIPolicy
+from sleuth.protocol import FINISH_SCHEMA
 
 QUESTION = "Where was Jane Austen born?"
 WIRE_KEYS = {"role", "content", "tool_calls", "tool_call_id"}
@@ -227,3 +229,188 @@ def test_chat_context_manager_compresses_old_observations(env, chat):
                and m["tool_calls"][0]["function"]["name"] == "browse") == 11
     # the trajectory's transcript keeps the full observations
     assert all("compressed" not in m["content"] for m in traj.messages if m["role"] == "tool")
+
+
+# ------------------------------------------------------------------------------ sleuth's own endpoint, real model
+@pytest.fixture(scope="module")
+def endpoint(smol_policy):
+    """sleuth/serve/openai_api.py serving the real embedded SmolLM2 on a free loopback port (uvicorn thread)."""
+    import socket
+    import threading
+    import time
+
+    import torch
+    import uvicorn
+
+    from sleuth.serve.openai_api import create_app
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)              # reproducible greedy decoding, and fastest on a shared machine
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(smol_policy, "smollm2"), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    t0 = time.time()
+    while not server.started and time.time() - t0 < 30:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+    torch.set_num_threads(threads)
+
+
+def native_request(env, question: str) -> dict:
+    """What the agent's first request carries in native mode: its prompt in tool-call form and the tools."""
+    agent = Agent(OpenAIPolicy("smollm2", base_url="http://unused"), env, AgentConfig())
+    tools = [t.schema() for t in env.session().tools.values()]
+    return {"messages": agent.prefix + [{"role": "user", "content": question}], "tools": tools + [FINISH_SCHEMA]}
+
+
+def test_endpoint_agent_multi_turn_with_tool_calls(env, endpoint, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    policy = OpenAIPolicy("smollm2", base_url=endpoint, max_retries=0)
+    agent = Agent(policy, env, AgentConfig(max_steps=4, temperature=0, max_new_tokens=64))
+    traj = agent.run("Who wrote Pride and Prejudice?")
+    assert traj.finish_reason in ("finish", "max_steps"), traj.meta.get("error")
+    assert traj.steps >= 2 and traj.tool_calls[0].tool == "search" and traj.urls_seen
+    assert traj.prompt_tokens > 0 and traj.generated_tokens > 0           # the endpoint reports usage
+    run = traj.messages[len(agent.prefix) + 1:]                             # this run's turns, after the question
+    assert run[0].get("tool_calls") and run[1]["role"] == "tool" and "corpus://t/" in run[1]["content"]
+    if traj.finish_reason == "finish":
+        assert traj.answer
+
+
+def test_endpoint_stream_and_tool_calls(env, endpoint):
+    """A reply in tags comes back as a tool call; the stream carries the same message in OpenAI chunks."""
+    import openai
+
+    client = openai.OpenAI(base_url=endpoint, api_key="x", max_retries=0)
+    req = native_request(env, "Who wrote Pride and Prejudice?")
+    full = client.chat.completions.create(model="smollm2", temperature=0, max_tokens=48, **req)
+    [call] = full.choices[0].message.tool_calls
+    assert full.choices[0].finish_reason == "tool_calls" and call.function.name == "search"
+    assert json.loads(call.function.arguments)["queries"] and len(call.id) == 9
+    chunks = list(client.chat.completions.create(model="smollm2", temperature=0, max_tokens=48, stream=True,
+                                                 stream_options={"include_usage": True}, **req))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    [streamed] = [tc for d in deltas for tc in (d.tool_calls or [])]
+    assert (streamed.function.name, streamed.function.arguments) == (call.function.name, call.function.arguments)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+    # plain text (no tools): streamed content equals the non-streamed content
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    text = client.chat.completions.create(model="smollm2", messages=msgs, temperature=0, max_tokens=12)
+    parts = client.chat.completions.create(model="smollm2", messages=msgs, temperature=0, max_tokens=12, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in parts if c.choices) == text.choices[0].message.content
+    assert text.choices[0].message.tool_calls is None and text.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"model": "m"}, "messages"),
+    ({"model": "m", "messages": []}, "messages"),
+    ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0]"),
+    ({"model": "m", "messages": [{"role": "user", "content": None}]}, "messages[0]"),
+    ({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0]"),
+    ({"model": "m", "messages": [{"role": "user", "content": "q"}, {"role": "tool", "content": "r"}]}, "messages[1]"),
+    ({"model": "m", "messages": [{"role": "assistant", "content": None, "tool_calls": [{"function": {}}]}]},
+     "messages[0]"),
+    ({"model": "m", "messages": [{"role": "user", "content": "q"}], "temperature": 5}, "temperature"),
+    ({"model": "m", "messages": [{"role": "user", "content": "q"}], "max_tokens": 0}, "max_tokens"),
+    ({"model": "m", "messages": [{"role": "user", "content": "q"}], "n": 2}, "n"),
+    ({"model": "m", "messages": [{"role": "user", "content": "q"}], "stop": [1]}, "stop"),
+    ({"model": "m", "messages": [{"role": "user", "content": "q"}],
+      "tools": [{"type": "function", "function": {"name": "send_email"}}]}, "tools"),
+    ({"model": "m", "messages": [{"role": "user", "content": "q"}], "tool_choice": "required"}, "tool_choice"),
+])
+def test_endpoint_rejects_malformed_requests(endpoint, body, param):
+    import httpx
+
+    r = httpx.post(f"{endpoint}/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
+
+
+def test_endpoint_models_bad_json_and_context_length(endpoint):
+    import httpx
+
+    r = httpx.get(f"{endpoint}/models", timeout=30)
+    assert r.status_code == 200 and [m["id"] for m in r.json()["data"]] == ["smollm2"]
+    r = httpx.post(f"{endpoint}/chat/completions", content=b'{"model": "m", "messages": [', timeout=30)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.get(f"{endpoint}/nowhere", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["message"]
+    long = [{"role": "user", "content": "word " * 9000}]
+    r = httpx.post(f"{endpoint}/chat/completions", json={"model": "m", "messages": long}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_endpoint_renders_tool_turns_as_the_protocol():
+    """Tool calls go back to the model as the tags they stand for, tool results as observations; a text-mode
+    conversation passes through unchanged."""
+    from sleuth import protocol
+    from sleuth.agent import load_prompt
+    from sleuth.serve.openai_api import to_message, to_turns
+
+    tools = [{"type": "function", "function": {"name": n}} for n in ("search", "browse", "finish")]
+    reply = to_message("<think>Look it up.</think>\n<search>Jane Austen\nSteventon</search>", tools)
+    [call] = reply["tool_calls"]
+    assert reply["content"] == "Look it up." and json.loads(call["function"]["arguments"]) == {
+        "queries": ["Jane Austen", "Steventon"]}
+    answer = to_message('<answer>Steventon <cite url="corpus://t/p1">born in Steventon</cite></answer>', tools)
+    assert json.loads(answer["tool_calls"][0]["function"]["arguments"]) == {
+        "answer": "Steventon", "citations": [{"url": "corpus://t/p1", "quote": "born in Steventon"}]}
+    for text in ("I do not know.", "<code>print(1)</code>", "<search>a</search><browse>b</browse>"):
+        assert to_message(text, tools) == {"role": "assistant", "content": text}   # not a requested action
+    turns = to_turns([{"role": "user", "content": "q"}, reply,
+                      {"role": "tool", "tool_call_id": call["id"], "content": "[1] Jane Austen"}], [])
+    assert turns[1]["content"] == protocol.render(protocol.parse(
+        "<think>Look it up.</think>\n<search>Jane Austen\nSteventon</search>"))
+    assert turns[2] == {"role": "user", "content": "<observation>\n[1] Jane Austen\n</observation>"}
+    text_mode = load_prompt("short-fewshot") + [{"role": "user", "content": "q"}]
+    assert to_turns(text_mode, []) == text_mode
+    # the native prompt's worked example renders back to the same actions as the text prompt's
+    native = [t["content"] for t in to_turns(load_prompt("short-fewshot", native=True), []) if t["role"] == "assistant"]
+    assert native == [m["content"] for m in load_prompt("short-fewshot") if m["role"] == "assistant"]
+    with_tools = to_turns([{"role": "user", "content": "q"}], tools)
+    assert with_tools[0]["role"] == "system" and "<search>" in with_tools[0]["content"]
+
+
+@pytest.mark.slow
+def test_serve_openai_command(tmp_path):
+    """`sleuth serve-openai` in a subprocess: it loads the embedded model and answers on the given port."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "sleuth.cli", "serve-openai", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "SLEUTH_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        t0 = time.time()
+        while True:
+            assert proc.poll() is None, open(tmp_path / "serve.log").read()
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() - t0 < 180, "serve-openai did not come up"
+            time.sleep(0.5)
+        r = httpx.post(f"{url}/chat/completions", timeout=60, json={
+            "model": "x", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0})
+        body = r.json()
+        assert r.status_code == 200 and body["object"] == "chat.completion"
+        assert isinstance(body["choices"][0]["message"]["content"], str) and body["usage"]["completion_tokens"] <= 4
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -5,7 +5,9 @@ advances together: one batched generation per step, then all tool calls run conc
 sequence is built by appending ids — the prompt once, then each sampled reply exactly as sampled, then the
 chat glue and observation — so the recorded segments are exactly what the model saw and produced.
 
-A ``ChatPolicy`` (OpenAI-compatible server) runs the same loop over messages, with native tool calls.
+A ``ChatPolicy`` (OpenAI-compatible server) runs the same loop over messages, with native tool calls (or the
+tags, with ``native_tools=False``). Its context is measured by estimate and compressed by the same policy;
+a request that still fails after the policy's retries ends the run with reason ``error``, keeping its record.
 """
 
 from __future__ import annotations
@@ -443,8 +445,8 @@ class Agent:
         return f"Call exactly one of the tools {' / '.join(names)}." if self.native else "Reply with one action."
 
     def _chat_action(self, reply, names: list[str]) -> tuple[dict[str, Any], Any, str | None]:
-        """The assistant turn to send back, the action to run, and a note when the reply broke the
-        one-call-per-step rule (that step's format error is counted here, once)."""
+        """The assistant turn to send back, the action to run, and a note for the observation when the reply
+        had several tool calls (the first is run; the turn sent back carries only that one)."""
         if not reply.tool_calls:
             if self.native:
                 what = "text only" if reply.text.strip() else "empty"

@@ -27,12 +27,12 @@ from typing import Any
 
 ACTIONS = ("search", "browse", "code", "answer")
 STOP_STRINGS = ["</search>", "</browse>", "</code>", "</answer>"]
-# How each tool is called in the tag format (keyed by tool name: the answer is the ``finish`` tool).
+# How each tool is called in the tag format, and what for (keyed by tool name: the answer is the ``finish`` tool).
 SYNTAX = {
-    "search": "<search>one search query per line</search>",
-    "browse": "<browse>URL</browse>",
-    "code": "<code>python code to run</code>",
-    "finish": '<answer>short final answer\n<cite url="URL you read">exact words copied from that page</cite></answer>',
+    "search": "<search>search query</search> to search",
+    "browse": "<browse>URL</browse> to read a page",
+    "code": "<code>python code</code> to run Python",
+    "finish": "<answer>short answer</answer> when you know the answer",
 }
 # Tags a model may invent for actions outside the research world; the safety interceptor blocks them.
 _TAG = re.compile(r"<([a-zA-Z_][\w-]*)(\s[^>]*)?>")

@@ -371,9 +371,8 @@ def test_endpoint_renders_tool_turns_as_the_protocol():
     assert turns[2] == {"role": "user", "content": "<observation>\n[1] Jane Austen\n</observation>"}
     text_mode = load_prompt("short-fewshot") + [{"role": "user", "content": "q"}]
     assert to_turns(text_mode, []) == text_mode
-    # the native prompt's worked example renders back to the same actions as the text prompt's
-    native = [t["content"] for t in to_turns(load_prompt("short-fewshot", native=True), []) if t["role"] == "assistant"]
-    assert native == [m["content"] for m in load_prompt("short-fewshot") if m["role"] == "assistant"]
+    # the native prompt's worked example renders back to exactly the text prompt's turns
+    assert to_turns(load_prompt("short-fewshot", native=True), [])[1:] == load_prompt("short-fewshot")[1:]
     with_tools = to_turns([{"role": "user", "content": "q"}], tools)
     assert with_tools[0]["role"] == "system" and "<search>" in with_tools[0]["content"]
 

@@ -137,22 +137,22 @@ def _render_call(call: dict[str, Any], thought: str) -> str:
 
 
 def tools_prompt(tools: list[dict[str, Any]]) -> str:
-    lines = []
-    for t in tools:
-        about = t["function"].get("description") or ""
-        lines.append(protocol.SYNTAX[t["function"]["name"]] + (f"  ({about})" if about else ""))
-    return "Tools: call one by writing exactly one of\n" + "\n".join(lines)
+    """The requested tools in the model's own action format (the wording of the text-mode system prompt)."""
+    return "Reply with ONE action:\n" + ",\n".join(protocol.SYNTAX[t["function"]["name"]] for t in tools) + "."
 
 
 def to_turns(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> list[dict[str, str]]:
     """OpenAI messages as the model's chat turns (system / user / assistant, text only)."""
-    turns = []
+    turns, finish_ids = [], set()
     for m in messages:
         role = "system" if m["role"] == "developer" else m["role"]
         text = "" if m.get("content") is None else _text(m["content"], "message")
         if role == "assistant" and m.get("tool_calls"):
             text = "\n".join(_render_call(c, text if i == 0 else "") for i, c in enumerate(m["tool_calls"]))
+            finish_ids |= {c.get("id") for c in m["tool_calls"] if c["function"]["name"] == "finish"}
         elif role == "tool":
+            if m["tool_call_id"] in finish_ids:
+                continue          # an answer ends an episode: in the tag protocol nothing follows it
             role, text = "user", f"<observation>\n{text}\n</observation>"
         turns.append({"role": role, "content": text})
     if tools:

@@ -42,6 +42,18 @@ def smol_policy():
     return HFPolicy.load()
 
 
+@pytest.fixture
+def chat_server(monkeypatch):
+    """A scripted OpenAI-format server on loopback (tests/replay_servers.py), with no API settings in the env."""
+    from replay_servers import ChatReplayServer
+
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    srv = ChatReplayServer()
+    yield srv
+    srv.close()
+
+
 # A three-passage corpus for the agent tests (tests/test_agent.py, tests/test_openai_chat.py).
 PASSAGES = [
     Passage("p1", "Jane Austen", "Jane Austen (16 December 1775 – 18 July 1817) was an English novelist "

@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from replay_servers import ChatReplayServer, api_error, completion, tool_calls
+from replay_servers import api_error, completion, tool_calls
 
 from sleuth.agent import Agent, AgentConfig
 from sleuth.context import ContextConfig
@@ -23,12 +23,8 @@ WIRE_KEYS = {"role", "content", "tool_calls", "tool_call_id"}
 
 
 @pytest.fixture
-def chat(monkeypatch):
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    srv = ChatReplayServer()
-    yield srv
-    srv.close()
+def chat(chat_server):
+    return chat_server
 
 
 def run_agent(env, srv, max_retries: int = 0, **cfg):

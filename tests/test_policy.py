@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from replay_servers import ChatReplayServer, api_error, completion
+from replay_servers import api_error, completion
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -292,12 +292,8 @@ def test_missing_model_path_is_a_clearapi_error(tmp_path):
 
 # ----------------------------------------------------------------------------------- OpenAI format
 @pytest.fixture
-def server(monkeypatch):
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    s = ChatReplayServer()
-    yield s
-    s.close()
+def server(chat_server):
+    return chat_server
 
 
 TOOLS = [{"type": "function", "function": {

@@ -5,7 +5,9 @@ advances together: one batched generation per step, then all tool calls run conc
 sequence is built by appending ids — the prompt once, then each sampled reply exactly as sampled, then the
 chat glue and observation — so the recorded segments are exactly what the model saw and produced.
 
-A ``ChatPolicy`` (OpenAI-compatible server) runs the same loop over messages, with native tool calls.
+A ``ChatPolicy`` (OpenAI-compatible server) runs the same loop over messages, with native tool calls (or the
+tags, with ``native_tools=False``). Its context is measured by estimate and compressed by the same policy;
+a request that still fails after the policy's retries ends the run with reason ``error``, keeping its record.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from sleuth import citations, protocol, safety
-from sleuth.context import Chunk, ContextConfig, fit
+from sleuth.context import Chunk, ContextConfig, estimate_ids, fit
 from sleuth.policy.base import ChatPolicy, SamplingParams, TokenPolicy
 from sleuth.tools.base import Tool, ToolResult
 from sleuth.trajectory import Segment, ToolCallRecord, Trajectory
@@ -121,21 +123,64 @@ PROMPTS = {
     # the search tool's format, so the example shows where in a real result the answer sits
     "short-2shot": ("system_short.md", "example_2shot.json"),
     # every tool taught: a cited lookup, a bridge read with browse/find, a computation with code
-    "tools": ("system_tools.md", None),
-    "tools-3shot": ("system_tools.md", "example_tools.json"),
+    "tools": ("system_teach.md", None),
+    "tools-3shot": ("system_teach.md", "example_tools.json"),
 }
 
 
-def load_prompt(variant: str, tools: tuple[str, ...] = ()) -> list[dict[str, str]]:
-    """Messages before the question: a system prompt, plus a worked example as earlier turns."""
+def load_prompt(variant: str, tools: tuple[str, ...] = (), native: bool = False) -> list[dict[str, Any]]:
+    """Messages before the question: a system prompt, plus a worked example as earlier turns.
+
+    ``native``: for servers with native tool calls — the system prompt's tool-call wording
+    (``<name>_tools.md``) and the example's actions as tool calls answered by tool messages."""
     if variant not in PROMPTS:
         raise ValueError(f"unknown prompt variant {variant!r} (choose from {', '.join(PROMPTS)})")
     system_file, example_file = PROMPTS[variant]
     base = resources.files("sleuth") / "prompts"
+    if native:
+        system_file = system_file.replace(".md", "_tools.md")
     msgs = [{"role": "system", "content": (base / system_file).read_text(encoding="utf-8").strip()}]
     if example_file:
-        msgs += json.loads((base / example_file).read_text(encoding="utf-8"))
+        example = json.loads((base / example_file).read_text(encoding="utf-8"))
+        msgs += _as_tool_calls(example) if native else example
     return msgs
+
+
+def _as_tool_calls(example: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """A worked example in tags, rewritten as native tool calls: each action becomes an assistant tool call and
+    the observation after it (or, after the answer, a receipt) the tool message that answers it."""
+    out: list[dict[str, Any]] = []
+    for m in example:
+        if m["role"] == "assistant":
+            action = protocol.parse(m["content"])
+            call_id = f"example{len(out):02d}"
+            out.append(tool_call_message(action.thought, call_id, action.tool, action.args))
+            if action.tool == "finish":
+                out.append({"role": "tool", "tool_call_id": call_id, "content": "Answer recorded."})
+        elif out and out[-1].get("tool_calls") and m["content"].startswith("<observation>"):
+            body = m["content"].removeprefix("<observation>\n").removesuffix("\n</observation>")
+            out.append({"role": "tool", "tool_call_id": out[-1]["tool_calls"][0]["id"], "content": body})
+        else:
+            out.append(dict(m))
+    return out
+
+
+# --------------------------------------------------------------------------- chat messages on the wire
+# Every message the chat loop sends keeps to what llama.cpp, vLLM, Ollama, SGLang and OpenAI all accept:
+# * ``content`` is always a string — never null (llama-cpp-python, LM Studio and mistral-common reject null),
+#   and never empty on an assistant turn without tool calls (Mistral wants content or tool calls);
+# * an assistant turn carries at most one tool call (several chat templates reject parallel calls in history);
+# * ``arguments`` is always a JSON object string: vLLM and llama-server json-parse the history's arguments
+#   and answer 400 on anything else, so arguments that did not parse are sent as "{}" (the observation
+#   quotes what the model wrote);
+# * tool-call ids we make are 9 letters/digits (Mistral's rule); ids a server made are echoed as they came;
+# * every tool call is answered by exactly one ``role: tool`` message with its ``tool_call_id``;
+# * only standard keys (role, content, tool_calls, tool_call_id) — bookkeeping stays on the trajectory.
+def tool_call_message(text: str, call_id: str, name: str, arguments: dict[str, Any] | str) -> dict[str, Any]:
+    """An assistant turn with one tool call, in the shape every common server accepts (see above)."""
+    args = arguments if isinstance(arguments, dict) else {}
+    return {"role": "assistant", "content": text or "", "tool_calls": [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]}
 
 
 class ChatGlue:
@@ -154,6 +199,14 @@ class ChatGlue:
         if reply_ended_with_eos and self.eos and head.startswith(self.eos):
             head = head[len(self.eos):]
         return f"{head}<observation>\n{body}\n</observation>{self.user_to_assistant}"
+
+
+_WIRE_KEYS = ("role", "content", "tool_calls", "tool_call_id")
+
+
+def _wire(m: dict[str, Any]) -> dict[str, Any]:
+    """A message as sent: standard keys only (a trajectory's messages also carry the step and notes)."""
+    return {k: m[k] for k in _WIRE_KEYS if k in m}
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -186,7 +239,9 @@ class Agent:
         self.cfg = config or AgentConfig()
         self.on_event = on_event or (lambda t, kind, data: None)
         self.token_mode = hasattr(policy, "generate") and hasattr(policy, "tokenizer")
-        self.prefix = load_prompt(self.cfg.prompt, env.tool_names)
+        # native tool calls (a ChatPolicy that sends tools): actions are tool calls, never tags
+        self.native = not self.token_mode and bool(getattr(policy, "native_tools", False))
+        self.prefix = load_prompt(self.cfg.prompt, env.tool_names, native=self.native)
         if self.token_mode:
             self.tok = policy.tokenizer
             self.glue = ChatGlue(self.tok)
@@ -276,7 +331,7 @@ class Agent:
             for r in active:
                 if r.traj.steps >= cfg.max_steps:
                     self._end(r, "max_steps")
-                elif self._fit_context(r):
+                elif self._fit_context(r, self._render_obs_exact(r)):
                     ready.append(r)
             if not ready:
                 continue
@@ -308,19 +363,19 @@ class Agent:
                 r.traj.prompt_tokens += len(ids)
                 r.traj.messages.append({"role": "user", "content": f"<observation>\n{body}\n</observation>"})
 
-    def _fit_context(self, run: _Run) -> bool:
+    def _fit_context(self, run: _Run, render_obs) -> bool:
         """Make the context fit before the next generation; False if the trajectory had to end."""
         res = fit(run.chunks, window=self.cfg.context_window, reserve=self.cfg.max_new_tokens,
-                  question=run.traj.question, render_obs=self._render_obs_exact(run), cfg=self.cfg.context,
-                  step=run.traj.steps)
+                  question=run.traj.question, render_obs=render_obs, cfg=self.cfg.context, step=run.traj.steps)
         if res.event:
             run.traj.context_events.append(res.event)
             self.on_event(run.traj, "context", res.event)
         if res.changed:
             run.chunks = res.chunks
-            seg = Segment()  # the model now conditions on a rewritten prefix: a new training sequence
-            seg.extend_context([i for c in run.chunks for i in c.ids])
-            run.traj.segments.append(seg)
+            if self.token_mode:
+                seg = Segment()  # the model now conditions on a rewritten prefix: a new training sequence
+                seg.extend_context([i for c in run.chunks for i in c.ids])
+                run.traj.segments.append(seg)
         if res.overflow:
             self._end(run, "context")
             return False
@@ -335,13 +390,26 @@ class Agent:
         return render
 
     # ---- chat loop (OpenAI-compatible servers): one thread per trajectory
+    # The server's tokens are not ours, so the context is measured by estimate (context.estimate_ids): one chunk
+    # per message after the prompt, and a compressed observation chunk's text replaces its message's content.
+    def _observation_content(self, body: str) -> str:
+        return body if self.native else f"<observation>\n{body}\n</observation>"
+
+    def _render_obs_chat(self, body: str, old: Chunk) -> tuple[str, list[int]]:
+        text = self._observation_content(body)
+        return text, estimate_ids(text)
+
     def _loop_chat(self, run: _Run, budget: Budget) -> None:
         cfg, traj = self.cfg, run.traj
         traj.started = time.time()
         tools = [t.schema() for t in run.session.tools.values()] + [protocol.FINISH_SCHEMA]
-        native = getattr(self.policy, "native_tools", False)
+        names = [t["function"]["name"] for t in tools]
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p)
-        messages = [dict(m) for m in traj.messages]
+        messages = [_wire(m) for m in traj.messages]
+        n_prompt = len(messages)
+        if not run.chunks:
+            sent = messages + (tools if self.native else [])
+            run.chunks = [Chunk("prompt", "", estimate_ids(json.dumps(sent, ensure_ascii=False)))]
         while not traj.finished:
             if budget.max_seconds is not None and time.time() - traj.started > budget.max_seconds:
                 traj.wall_seconds += time.time() - traj.started
@@ -350,45 +418,68 @@ class Agent:
                 return
             if traj.steps >= cfg.max_steps:
                 return self._end(run, "max_steps")
+            if not self._fit_context(run, self._render_obs_chat):
+                return
+            for c, m in zip(run.chunks[1:], messages[n_prompt:]):
+                if c.kind == "obs":
+                    m["content"] = c.text
             try:
-                reply = self.policy.chat(messages, tools if native else None, params)
-            except Exception as e:  # the server failing is recorded, not raised
+                reply = self.policy.chat(messages, tools if self.native else None, params)
+            except Exception as e:  # retries are the policy's; what still fails ends the run, keeping what it gathered
                 traj.meta["error"] = f"{type(e).__name__}: {e}"
+                self.on_event(traj, "error", {"step": traj.steps + 1, "message": str(e)})
                 return self._end(run, "error")
             traj.steps += 1
             traj.prompt_tokens += reply.prompt_tokens
             traj.generated_tokens += reply.completion_tokens
-            if reply.tool_calls:
-                call = reply.tool_calls[0]
-                assistant = {"role": "assistant", "content": reply.text or None, "tool_calls": [
-                    {"id": call.id or f"call{traj.steps}", "type": "function", "function": {
-                        "name": call.name, "arguments": call.arguments if isinstance(call.arguments, str)
-                        else json.dumps(call.arguments)}}]}
-                if len(reply.tool_calls) > 1:
-                    action = protocol.ParseError("one tool call per step; only the first was considered.")
-                    traj.format_errors += 1
-                else:
-                    try:
-                        action = protocol.from_tool_call(call.name, call.arguments)
-                        action.thought = reply.text or ""
-                    except protocol.ParseError as e:
-                        action = e
-            else:
-                assistant = {"role": "assistant", "content": reply.text}
-                action = self._parse(run, reply.text, count=False)
+            assistant, action, note = self._chat_action(reply, names)
             messages.append(assistant)
-            traj.messages.append({**assistant, "step": traj.steps})
-            if isinstance(action, protocol.ParseError):
-                traj.format_errors += 1
-            body = self._act(run, action)
+            record = {**assistant, "step": traj.steps}
+            if len(reply.tool_calls) > 1:
+                record["tool_calls_not_run"] = [{"name": c.name, "arguments": c.arguments}
+                                                for c in reply.tool_calls[1:]]
+            traj.messages.append(record)
+            run.chunks.append(Chunk("policy", json.dumps(assistant, ensure_ascii=False),
+                                    estimate_ids(json.dumps(assistant, ensure_ascii=False)), step=traj.steps))
+            if note is not None or isinstance(action, protocol.ParseError):
+                traj.format_errors += 1          # once per step, however many rules the reply broke
+            if note is not None:
+                self.on_event(traj, "format_error", {"step": traj.steps, "message": note})
+            body = self._act(run, action, self._format_hint(names))
             if body is None:
                 return
-            obs = f"<observation>\n{body}\n</observation>"
-            msg = ({"role": "tool", "tool_call_id": assistant["tool_calls"][0]["id"], "content": obs}
-                   if reply.tool_calls else {"role": "user", "content": obs})
+            content = self._observation_content((note + "\n" if note else "") + body)
+            msg = ({"role": "tool", "tool_call_id": assistant["tool_calls"][0]["id"], "content": content}
+                   if "tool_calls" in assistant else {"role": "user", "content": content})
             messages.append(msg)
-            traj.messages.append(msg)
+            traj.messages.append(dict(msg))
+            run.chunks.append(Chunk("obs", content, estimate_ids(content), step=traj.steps, body=body,
+                                    tool=getattr(action, "tool", "")))
         # ChatPolicy contexts are the server's business: no token segments are recorded here.
+
+    def _format_hint(self, names: list[str]) -> str:
+        return f"Call exactly one of the tools {' / '.join(names)}." if self.native else "Reply with one action."
+
+    def _chat_action(self, reply, names: list[str]) -> tuple[dict[str, Any], Any, str | None]:
+        """The assistant turn to send back, the action to run, and a note for the observation when the reply
+        had several tool calls (the first is run; the turn sent back carries only that one)."""
+        if not reply.tool_calls:
+            if self.native:
+                what = "text only" if reply.text.strip() else "empty"
+                action = protocol.ParseError(f"your reply has no tool call (it was {what}).")
+            else:
+                action = self._parse(None, reply.text, count=False)
+            return {"role": "assistant", "content": reply.text or "(empty reply)"}, action, None
+        call, note = reply.tool_calls[0], None
+        if len(reply.tool_calls) > 1:
+            note = (f"Note: your reply had {len(reply.tool_calls)} tool calls; only the first ({call.name}) was "
+                    f"run, the others were not. One tool call per step.")
+        try:
+            action = protocol.from_tool_call(call.name, call.arguments)
+            action.thought = reply.text or ""
+        except protocol.ParseError as e:
+            action = e
+        return tool_call_message(reply.text, call.id or protocol.new_call_id(), call.name, call.arguments), action, note
 
     # ---- shared: parse, intercept, act
     def _parse(self, run: _Run, text: str, count: bool = True):
@@ -399,13 +490,14 @@ class Agent:
                 run.traj.format_errors += 1
             return e
 
-    def _act(self, run: _Run, action) -> str | None:
-        """Run one action; returns the observation body, or None when the trajectory finished."""
+    def _act(self, run: _Run, action, hint: str = "Reply with one action.") -> str | None:
+        """Run one action; returns the observation body, or None when the trajectory finished.
+        ``hint`` ends a format error's observation (tags for text replies, tool names for native calls)."""
         traj, step = run.traj, run.traj.steps
         if isinstance(action, protocol.ParseError):
             traj.tool_calls.append(ToolCallRecord(step, "invalid", None, False, "format_error", 0.0, 0))
             self.on_event(traj, "format_error", {"step": step, "message": str(action)})
-            return f"Error: {action} Reply with one action."
+            return f"Error: {action} {hint}"
         verdict = safety.check(action)
         if not verdict.allowed:
             traj.blocked_actions += 1

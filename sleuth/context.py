@@ -15,6 +15,9 @@ first into short stubs until the context is back under ``target`` of the window.
   reason ``context``.
 
 Each compression is an event (step, tokens before/after, chunks stubbed) recorded on the trajectory.
+
+The policy is the same for an OpenAI-compatible server, whose tokenizer we do not have: there a chunk is
+one chat message and its size an estimate (``estimate_ids``), deliberately on the high side.
 """
 
 from __future__ import annotations
@@ -52,6 +55,19 @@ class ContextConfig:
     target: float = 0.6           # compress down to this fraction of the window
     keep_lines: int = 3           # relevant lines a stub keeps
     line_chars: int = 200
+
+
+CHARS_PER_TOKEN = 3
+"""Estimate for text whose tokens live on a server: English prose runs ~4 characters per BPE token, URLs,
+numbers and code denser, so 3 errs towards compressing early rather than overflowing the server."""
+MESSAGE_TOKENS = 4
+"""What a chat template adds around each message (role markers, separators)."""
+
+
+def estimate_ids(text: str) -> list[int]:
+    """Stand-in ids for a chat message whose real tokens live on a server: one per estimated token
+    (``fit`` only counts them)."""
+    return [0] * (-(-len(text) // CHARS_PER_TOKEN) + MESSAGE_TOKENS)
 
 
 def _content_words(text: str) -> set[str]:

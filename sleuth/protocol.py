@@ -20,11 +20,20 @@ the model cannot write the observation itself.
 from __future__ import annotations
 
 import re
+import secrets
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
 ACTIONS = ("search", "browse", "code", "answer")
 STOP_STRINGS = ["</search>", "</browse>", "</code>", "</answer>"]
+# How each tool is called in the tag format, and what for (keyed by tool name: the answer is the ``finish`` tool).
+SYNTAX = {
+    "search": "<search>search query</search> to search",
+    "browse": "<browse>URL</browse> to read a page",
+    "code": "<code>python code</code> to run Python",
+    "finish": "<answer>short answer</answer> when you know the answer",
+}
 # Tags a model may invent for actions outside the research world; the safety interceptor blocks them.
 _TAG = re.compile(r"<([a-zA-Z_][\w-]*)(\s[^>]*)?>")
 _CITE = re.compile(r'<cite\s+url\s*=\s*"([^"]+)"\s*>(.*?)</cite>', re.S)
@@ -154,3 +163,11 @@ FINISH_SCHEMA = {
         }, "required": ["answer"]},
     },
 }
+
+
+_ID_CHARS = string.ascii_letters + string.digits
+
+
+def new_call_id() -> str:
+    """A tool-call id every server accepts: 9 letters and digits (Mistral's rule; OpenAI treats ids as opaque)."""
+    return "".join(secrets.choice(_ID_CHARS) for _ in range(9))

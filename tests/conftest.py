@@ -1,3 +1,4 @@
+import json
 import os
 
 import pytest
@@ -9,6 +10,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # must be set before torch
 # Tests point SLEUTH_HOME at temporary directories; the converted embedded model is shared, not redone.
 os.environ.setdefault("SLEUTH_MODELS", os.path.join(os.environ.get("SLEUTH_HOME", os.path.expanduser(
     "~/.cache/sleuth")), "models"))
+
+from sleuth.search.corpus import Passage  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,3 +40,46 @@ def smol_policy():
     from sleuth.policy.hf import HFPolicy
 
     return HFPolicy.load()
+
+
+@pytest.fixture
+def chat_server(monkeypatch):
+    """A scripted OpenAI-format server on loopback (tests/replay_servers.py), with no API settings in the env."""
+    from replay_servers import ChatReplayServer
+
+    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    srv = ChatReplayServer()
+    yield srv
+    srv.close()
+
+
+# A three-passage corpus for the agent tests (tests/test_agent.py, tests/test_openai_chat.py).
+PASSAGES = [
+    Passage("p1", "Jane Austen", "Jane Austen (16 December 1775 – 18 July 1817) was an English novelist "
+            "known for six novels. She was born in Steventon, Hampshire.", "test"),
+    Passage("p2", "Pride and Prejudice", "Pride and Prejudice is an 1813 novel of manners by Jane Austen.", "test"),
+    Passage("p3", "Steventon", "Steventon is a village and civil parish in Hampshire, England. " * 40, "test"),
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A real lexical (bm25s) index over three passages, built under a temporary SLEUTH_HOME."""
+    from sleuth.agent import Environment
+    from sleuth.search.index import build_index, open_index
+
+    home = tmp_path_factory.mktemp("home")
+    src = home / "t.jsonl"
+    src.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in PASSAGES))
+    old = os.environ.get("SLEUTH_HOME")
+    os.environ["SLEUTH_HOME"] = str(home)
+    try:
+        build_index(src, "t", dense=False, progress=False)
+        index = open_index("t")
+        yield Environment(index.engine("lexical"), {"t": index.docs}, tools=("search", "browse"))
+    finally:
+        if old is None:
+            os.environ.pop("SLEUTH_HOME")
+        else:
+            os.environ["SLEUTH_HOME"] = old

@@ -9,6 +9,8 @@ Faults on demand: ``server.fail_next("429", times=2, retry_after=1)`` makes the 
 way; ``server.fail_query["bad"] = "500"`` makes one query always fail. Modes: 429, 500, 503, hang, garbage
 (not JSON), shape (JSON of the wrong structure), nokey (JSON without results), empty, auth.
 
+``ChatReplayServer`` replays scripted OpenAI chat-completions responses (and failures) and records the requests.
+
 Pages for the browser: /article, /long, /plain, /huge, /garbage, /blank, /binary, /pdf, /sniff-binary,
 /hang, /drip, /notfound, /redirect?to=<url>, /chain/<n>, /loop.
 
@@ -414,6 +416,75 @@ def chat_server(replies: list[tuple[int, str]]):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1", requests
+
+
+# ------------------------------------------------------------------------------------------ chat completions
+
+def completion(message: dict, finish: str = "stop") -> dict:
+    """A chat.completion object as documented in the OpenAI API reference."""
+    return {"id": "chatcmpl-9xYz", "object": "chat.completion", "created": 1718000000,
+            "model": "gpt-test", "system_fingerprint": "fp_test",
+            "choices": [{"index": 0, "message": {"role": "assistant", "refusal": None, **message},
+                         "logprobs": None, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 31, "completion_tokens": 9, "total_tokens": 40}}
+
+
+def tool_calls(*calls: tuple[str, str | dict], content: str | None = None) -> dict:
+    """A completion whose message calls tools, as OpenAI returns it (content null, arguments a JSON string)."""
+    return completion({"content": content, "tool_calls": [
+        {"id": f"call_{i}{name}", "type": "function",
+         "function": {"name": name, "arguments": args if isinstance(args, str) else json.dumps(args)}}
+        for i, (name, args) in enumerate(calls)]}, finish="tool_calls")
+
+
+def api_error(message: str, kind: str, code: str | None) -> dict:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+class ChatReplayServer:
+    """A loopback OpenAI-format server that replays scripted chat-completions responses and records every
+    request exactly as received: ``srv.add(200, completion({...}))``, then point a client at ``srv.url``."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, dict, dict[str, str], float]] = []
+        self.requests: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests.append({"path": self.path, "json": json.loads(body),
+                                       "auth": self.headers.get("Authorization")})
+                status, payload, headers, delay = (outer.script.pop(0) if outer.script else
+                                                   (500, api_error("script exhausted", "server_error", None), {}, 0))
+                time.sleep(delay)
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def add(self, status: int, payload: dict, headers: dict[str, str] | None = None, delay: float = 0.0) -> None:
+        self.script.append((status, payload, headers or {}, delay))
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 if __name__ == "__main__":  # handy for poking at by hand: python tests/replay_servers.py

@@ -1,4 +1,4 @@
-"""The agent loop end to end with real tools over a small real index.
+"""The agent loop end to end with real tools over a small real index (the ``env`` fixture in conftest.py).
 
 Most tests drive the loop with a scripted policy (real SmolLM2 tokenizer, replies fixed in advance) so
 each behaviour is checked deterministically; one test runs the real SmolLM2 model.
@@ -7,22 +7,13 @@ each behaviour is checked deterministically; one test runs the real SmolLM2 mode
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
-from sleuth.agent import Agent, AgentConfig, Budget, Environment
+from sleuth.agent import Agent, AgentConfig, Budget
 from sleuth.context import ContextConfig
-from sleuth.search.corpus import Passage
 from sleuth.policy.base import Generation, SamplingParams
 from sleuth.trajectory import Trajectory, load_jsonl, save_jsonl
-
-PASSAGES = [
-    Passage("p1", "Jane Austen", "Jane Austen (16 December 1775 – 18 July 1817) was an English novelist "
-            "known for six novels. She was born in Steventon, Hampshire.", "test"),
-    Passage("p2", "Pride and Prejudice", "Pride and Prejudice is an 1813 novel of manners by Jane Austen.", "test"),
-    Passage("p3", "Steventon", "Steventon is a village and civil parish in Hampshire, England. " * 40, "test"),
-]
 
 
 class ScriptedPolicy:
@@ -51,27 +42,6 @@ class ScriptedPolicy:
                 reason = "eos"
             out.append(Generation(ids, [-0.5] * len(ids), text, reason))
         return out
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """A real lexical (bm25s) index over three passages, built under a temporary SLEUTH_HOME."""
-    from sleuth.search.index import build_index, open_index
-
-    home = tmp_path_factory.mktemp("home")
-    src = home / "t.jsonl"
-    src.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in PASSAGES))
-    old = os.environ.get("SLEUTH_HOME")
-    os.environ["SLEUTH_HOME"] = str(home)
-    try:
-        build_index(src, "t", dense=False, progress=False)
-        index = open_index("t")
-        yield Environment(index.engine("lexical"), {"t": index.docs}, tools=("search", "browse"))
-    finally:
-        if old is None:
-            os.environ.pop("SLEUTH_HOME")
-        else:
-            os.environ["SLEUTH_HOME"] = old
 
 
 def test_search_browse_answer_with_verified_citation(env, smol_tokenizer):

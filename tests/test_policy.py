@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 import torch
+from replay_servers import api_error, completion
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -285,7 +282,7 @@ def test_checkpoint_directory_with_version(policy, tmp_path):
         HFPolicy.load(ckpt)
 
 
-def test_missing_model_path_is_a_clear_error(tmp_path):
+def test_missing_model_path_is_a_clearapi_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_policy(str(tmp_path / "no-such-model"))
     (tmp_path / "empty").mkdir()
@@ -294,69 +291,9 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- OpenAI format
-def _completion(message: dict[str, Any], finish: str = "stop") -> dict[str, Any]:
-    """A chat.completion object as documented in the OpenAI API reference."""
-    return {"id": "chatcmpl-9xYz", "object": "chat.completion", "created": 1718000000,
-            "model": "gpt-test", "system_fingerprint": "fp_test",
-            "choices": [{"index": 0, "message": {"role": "assistant", "refusal": None, **message},
-                         "logprobs": None, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 31, "completion_tokens": 9, "total_tokens": 40}}
-
-
-def _error(message: str, kind: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-class _Server:
-    """A loopback HTTP server that replays scripted chat-completions responses and records requests."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple[int, dict[str, Any], dict[str, str], float]] = []
-        self.requests: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                outer.requests.append({"path": self.path, "json": json.loads(body),
-                                       "auth": self.headers.get("Authorization")})
-                status, payload, headers, delay = (outer.script.pop(0) if outer.script else
-                                                   (500, _error("script exhausted", "server_error", None), {}, 0))
-                time.sleep(delay)
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def add(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None,
-            delay: float = 0.0) -> None:
-        self.script.append((status, payload, headers or {}, delay))
-
-
 @pytest.fixture
-def server(monkeypatch):
-    for var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "SLEUTH_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    s = _Server()
-    yield s
-    s.httpd.shutdown()
-    s.httpd.server_close()
+def server(chat_server):
+    return chat_server
 
 
 TOOLS = [{"type": "function", "function": {
@@ -366,7 +303,7 @@ MSGS = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 def test_chat_text_reply_and_request_shape(server):
-    server.add(200, _completion({"content": "Paris."}))
+    server.add(200, completion({"content": "Paris."}))
     pol = OpenAIPolicy("gpt-test", base_url=server.url, api_key="sk-test")
     assert isinstance(pol, ChatPolicy)
     reply = pol.chat(MSGS, None, SamplingParams(max_new_tokens=50, temperature=0.2, top_p=0.9, stop=["\n\n"]))
@@ -381,7 +318,7 @@ def test_chat_text_reply_and_request_shape(server):
 
 
 def test_native_tool_calls_parsed_and_malformed_kept_verbatim(server):
-    server.add(200, _completion({"content": None, "tool_calls": [
+    server.add(200, completion({"content": None, "tool_calls": [
         {"id": "call_a1", "type": "function", "function": {"name": "search", "arguments": "{\"query\": \"Paris\"}"}},
         {"id": "call_b2", "type": "function", "function": {"name": "search", "arguments": "{\"query\": \"Lyon\""}},
         {"id": "call_c3", "type": "function", "function": {"name": "search", "arguments": "[\"Paris\"]"}},
@@ -400,23 +337,23 @@ def test_native_tool_calls_parsed_and_malformed_kept_verbatim(server):
 
 
 def test_native_tools_off_does_not_send_tools(server):
-    server.add(200, _completion({"content": "<search>Paris</search>"}))
+    server.add(200, completion({"content": "<search>Paris</search>"}))
     pol = OpenAIPolicy("gpt-test", base_url=server.url, native_tools=False)
     assert pol.chat(MSGS, TOOLS, SamplingParams()).text == "<search>Paris</search>"
     assert "tools" not in server.requests[0]["json"] and "tool_choice" not in server.requests[0]["json"]
 
 
 def test_429_then_success_is_retried(server):
-    server.add(429, _error("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
+    server.add(429, api_error("Rate limit reached for requests", "requests", "rate_limit_exceeded"),
                {"retry-after-ms": "20"})
-    server.add(200, _completion({"content": "Paris."}))
+    server.add(200, completion({"content": "Paris."}))
     reply = OpenAIPolicy("gpt-test", base_url=server.url, max_retries=2).chat(MSGS, None, SamplingParams())
     assert reply.text == "Paris." and len(server.requests) == 2
 
 
-def test_persistent_5xx_becomes_policy_error(server):
+def test_persistent_5xx_becomes_policyapi_error(server):
     for _ in range(2):
-        server.add(503, _error("The server is overloaded", "server_error", None), {"retry-after-ms": "20"})
+        server.add(503, api_error("The server is overloaded", "server_error", None), {"retry-after-ms": "20"})
     pol = OpenAIPolicy("gpt-test", base_url=server.url, max_retries=1)
     with pytest.raises(PolicyError, match="503.*overloaded"):
         pol.chat(MSGS, None, SamplingParams())
@@ -424,14 +361,14 @@ def test_persistent_5xx_becomes_policy_error(server):
 
 
 def test_client_error_is_not_retried(server):
-    server.add(401, _error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
+    server.add(401, api_error("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
     with pytest.raises(PolicyError, match="401.*Incorrect API key"):
         OpenAIPolicy("gpt-test", base_url=server.url, max_retries=3).chat(MSGS, None, SamplingParams())
     assert len(server.requests) == 1
 
 
-def test_timeout_becomes_policy_error(server):
-    server.add(200, _completion({"content": "late"}), delay=1.5)
+def test_timeout_becomes_policyapi_error(server):
+    server.add(200, completion({"content": "late"}), delay=1.5)
     pol = OpenAIPolicy("gpt-test", base_url=server.url, timeout=0.3, max_retries=0)
     with pytest.raises(PolicyError, match="timed out"):
         pol.chat(MSGS, None, SamplingParams())
@@ -448,7 +385,7 @@ def test_unreachable_server_and_missing_key(server, tmp_path):
 
 def test_loader_picks_the_server_policy(server, monkeypatch):
     monkeypatch.setenv("SLEUTH_API_KEY", "sk-env")
-    server.add(200, _completion({"content": "ok"}))
+    server.add(200, completion({"content": "ok"}))
     pol = load_policy(base_url=server.url)
     assert isinstance(pol, OpenAIPolicy) and pol.name == "default"
     assert pol.chat(MSGS).text == "ok"

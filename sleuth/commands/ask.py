@@ -23,6 +23,12 @@ def register(app: typer.Typer) -> None:
         engine: str = typer.Option("auto", "--engine", help="auto (hybrid if the index has embeddings) | hybrid | lexical | dense"),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Step budget (default: what the "
                                                 "policy was trained with, else 10)."),
+        context_window: int = typer.Option(8192, "--context-window",
+                                           help="Context budget in tokens (estimated for a --base-url server); "
+                                                "old observations are compressed to stay within it."),
+        max_retries: int = typer.Option(5, "--max-retries",
+                                        help="--base-url: retries of a failed request (429, 5xx, timeouts), with "
+                                             "exponential backoff that honours Retry-After."),
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
         prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt variant (sleuth.agent.PROMPTS; "
                                              "default: the policy's training prompt, else short-fewshot)."),
@@ -41,7 +47,7 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=as_json)
         try:
             with console.status("loading model…"):
-                policy = load_policy(model, base_url)
+                policy = load_policy(model, base_url, **({"max_retries": max_retries} if base_url else {}))
             trained = agent_settings(policy)    # run a trained policy as it was trained, unless told otherwise
             env = Environment.from_index(index, engine=engine, online=online,
                                          search_k=trained.get("search_k", 5))
@@ -68,10 +74,13 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[bold cyan]step {data['step']}[/] [red]blocked[/] {data['reason']}")
             elif kind == "context":
                 console.print(f"   [dim]context manager: {data}[/]")
+            elif kind == "error":
+                console.print(f"[bold cyan]step {data['step']}[/] [red]server error[/] {data['message']}")
 
         cfg = AgentConfig(max_steps=max_steps or trained.get("max_steps", 10), temperature=temperature,
                           prompt=prompt or trained.get("prompt", "short-fewshot"),
-                          max_new_tokens=trained.get("max_new_tokens", AgentConfig.max_new_tokens))
+                          max_new_tokens=trained.get("max_new_tokens", AgentConfig.max_new_tokens),
+                          context_window=context_window)
         agent = Agent(policy, env, cfg, on_event=show)
         traj = agent.run(question)
         out = save or Path("runs") / "ask.jsonl"
@@ -81,11 +90,17 @@ def register(app: typer.Typer) -> None:
                               "citations": [c.__dict__ for c in traj.citations],
                               "dropped_citations": [c.__dict__ for c in traj.dropped_citations],
                               "grounded": bool(traj.evidence_url), "policy": getattr(policy, "name", ""),
-                              "stats": traj.stats(), "trajectory_file": str(out), "trajectory_id": traj.id},
+                              "stats": traj.stats(), "trajectory_file": str(out), "trajectory_id": traj.id,
+                              **({"error": traj.meta["error"]} if "error" in traj.meta else {})},
                              ensure_ascii=False, indent=2))
+            if traj.finish_reason == "error":
+                raise typer.Exit(1)
             return
         console.rule("answer")
-        if traj.answer is None:
+        if traj.finish_reason == "error":
+            console.print(f"[red]no answer: the run stopped on a server error after {traj.steps} step(s)[/] — "
+                          f"{traj.meta.get('error', '')}\n[dim]what it gathered is kept in the trajectory[/]")
+        elif traj.answer is None:
             console.print(f"[red]no answer[/] (ended: {traj.finish_reason})")
         else:
             console.print(f"[bold]{traj.answer}[/]")
@@ -100,3 +115,5 @@ def register(app: typer.Typer) -> None:
         s = traj.stats()
         console.print(f"[dim]{s['steps']} steps, {s['search_queries']} queries, {s['urls_opened']} pages opened, "
                       f"{s['generated_tokens']} tokens, {s['wall_seconds']:.1f}s — trajectory {traj.id} in {out}[/]")
+        if traj.finish_reason == "error":
+            raise typer.Exit(1)

@@ -23,7 +23,7 @@ class OpenAIPolicy:
     """Messages in, text and native tool calls out; not trainable (the server keeps its token ids)."""
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
-                 timeout: float = 60.0, native_tools: bool = True, max_retries: int = 3,
+                 timeout: float = 60.0, native_tools: bool = True, max_retries: int = 5,
                  max_tokens_field: str = "max_tokens") -> None:
         import openai
 

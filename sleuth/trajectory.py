@@ -113,6 +113,7 @@ class Trajectory:
             "code_calls": sum(1 for c in self.tool_calls if c.tool == "code"),
             "format_errors": self.format_errors,
             "blocked_actions": self.blocked_actions,
+            "injections": len(self.meta.get("injections", [])),   # results/pages flagged as prompt injections
             "generated_tokens": self.generated_tokens,
             "prompt_tokens": self.prompt_tokens,
             "wall_seconds": round(self.wall_seconds, 3),

@@ -137,9 +137,11 @@ class Trajectory:
 
 
 def save_jsonl(trajs: list[Trajectory], path: str | Path, append: bool = True) -> None:
+    """Never fails on text content: a lone surrogate (which UTF-8 cannot encode) is written as its JSON
+    escape (``\\udc80``), so the line is valid JSON and loads back to the very same string."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a" if append else "w", encoding="utf-8") as f:
+    with open(path, "a" if append else "w", encoding="utf-8", errors="backslashreplace") as f:
         for t in trajs:
             f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
 

@@ -316,3 +316,14 @@ def test_browsing_opens_only_urls_with_provenance(tmp_path, smol_tokenizer):
     obs = [m["content"] for m in traj.messages if m["role"] == "user"][-(len(replies) - 1):]
     assert "refusing to open" in obs[0] and "search result" in obs[0]
     assert traj.urls_opened == [f"{srv.url}/plain", f"{srv.url}/article"]
+
+
+def test_saving_never_fails_on_text_content(tmp_path):
+    """A reply with lone surrogates (which UTF-8 cannot encode) is saved, and loads back unchanged."""
+    traj = Trajectory(question="q\udc80?", answer="Stev\ud800enton", meta={"note": "\udfff\\\udc00"})
+    traj.messages = [{"role": "assistant", "content": "<answer>\ud83d</answer>", "step": 1}]
+    path = tmp_path / "t.jsonl"
+    save_jsonl([traj, Trajectory(question="plain é")], path)
+    back = list(load_jsonl(path))
+    assert back[0].to_dict() == traj.to_dict() and back[1].question == "plain é"
+    assert "é" in path.read_text(encoding="utf-8")        # other text stays readable UTF-8

@@ -78,14 +78,18 @@ def cite_answer(answer: str | None, kept: list[Citation], seen: dict[str, str]) 
     return kept + [cite]
 
 
-def verify(cites: list[dict], seen: dict[str, str]) -> tuple[list[Citation], list[Citation]]:
-    """Split the model's citations into (kept, dropped); kept ones are renumbered 1..n."""
+def verify(cites: list[dict], seen: dict[str, str],
+           untrusted: set[str] | frozenset[str] = frozenset()) -> tuple[list[Citation], list[Citation]]:
+    """Split the model's citations into (kept, dropped); kept ones are renumbered 1..n. A URL in ``untrusted``
+    (its text held a prompt injection) is never a citation, whatever ``seen`` holds."""
     kept: list[Citation] = []
     dropped: list[Citation] = []
     for i, c in enumerate(cites, 1):
         url, quote = str(c.get("url", "")).strip(), str(c.get("quote", ""))
         cit = Citation(n=i, url=url, quote=quote)
-        if url not in seen:
+        if url in untrusted:
+            cit.reason = "the source holds a likely prompt injection (text addressed to AI systems); it is untrusted"
+        elif url not in seen:
             cit.reason = "URL was never opened or shown in search results"
         elif not _norm(quote):
             cit.reason = "no quote given"

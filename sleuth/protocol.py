@@ -11,10 +11,15 @@ Local models write plain text with tags. A reply is an optional thought then exa
     <answer>final answer
     <cite url="corpus://wiki/w01234">exact quote from that page</cite></answer>
 
-Parsing is strict: anything else (no action, two actions, an unclosed tag, an unknown tag such as
-<email>, empty arguments) is a ``ParseError`` that the agent shows to the model as an error observation
-and counts as a format error. Nothing is silently repaired. Generation stops at a closing action tag, so
-the model cannot write the observation itself.
+Parsing is strict: anything else (no action, two actions, an unclosed tag, empty arguments) is a
+``ParseError`` that the agent shows to the model as an error observation and counts as a format error.
+An unknown tag (<email>, <observation>) comes back as an Action of that name for the safety interceptor,
+which tells actions outside the research world (blocked) from invented protocol tags (format errors).
+Nothing is silently repaired. Tag names are case-insensitive (<SEARCH>…</Search> is a search). Generation
+stops at a closing action tag, so the model cannot write the observation itself.
+
+Parsing takes time linear in the reply's length, whatever it holds (unclosed tags included): tag
+patterns never scan past the next '<', and each closing tag is searched for once.
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ACTIONS = ("search", "browse", "code", "answer")
-STOP_STRINGS = ["</search>", "</browse>", "</code>", "</answer>"]
+STOP_STRINGS = [f"</{c(a)}>" for a in ACTIONS for c in (str.lower, str.upper, str.capitalize)]
+# An opening tag; its attributes stop at the next '<' so that unclosed tags cannot make parsing quadratic.
+_TAG = re.compile(r"<([a-zA-Z_][\w-]*)(\s[^<>]*)?>")
+_THINK = re.compile(r"<think\s*>", re.I)
+_CITE = re.compile(r'<cite\s+url\s*=\s*"([^"<>]+)"\s*>', re.I)
+
+
+def _closing(name: str, text: str, start: int) -> re.Match | None:
+    """The first closing tag </name> (any case) in text at or after start."""
+    return re.compile(rf"</{re.escape(name)}\s*>", re.I).search(text, start)
 # How each tool is called in the tag format, and what for (keyed by tool name: the answer is the ``finish`` tool).
 SYNTAX = {
     "search": "<search>search query</search> to search",
@@ -34,9 +48,6 @@ SYNTAX = {
     "code": "<code>python code</code> to run Python",
     "finish": "<answer>short answer</answer> when you know the answer",
 }
-# Tags a model may invent for actions outside the research world; the safety interceptor blocks them.
-_TAG = re.compile(r"<([a-zA-Z_][\w-]*)(\s[^>]*)?>")
-_CITE = re.compile(r'<cite\s+url\s*=\s*"([^"]+)"\s*>(.*?)</cite>', re.S)
 
 
 @dataclass
@@ -52,13 +63,12 @@ class ParseError(ValueError):
 
 
 def parse(text: str) -> Action:
-    thought = ""
-    m = re.search(r"<think>(.*?)</think>", text, re.S)
-    if m:
-        thought = m.group(1).strip()
-        body = text[:m.start()] + text[m.end():]
-    else:
-        body = text
+    thought, body = "", text
+    m = _THINK.search(text)
+    end = _closing("think", text, m.end()) if m else None
+    if m and end:
+        thought = text[m.end():end.start()].strip()
+        body = text[:m.start()] + text[end.end():]
     body = body.replace("<|im_end|>", "")
 
     opened = [(t.group(1).lower(), t.start(), t.end()) for t in _TAG.finditer(body)
@@ -67,10 +77,10 @@ def parse(text: str) -> Action:
         raise ParseError("no action found. End every reply with exactly one of <search>, <browse>, "
                          "<code> or <answer>.")
     name, start, content_start = opened[0]
-    close = f"</{name}>"
-    end = body.find(close, content_start)
-    if end < 0:
-        raise ParseError(f"<{name}> is not closed with {close}.")
+    close = _closing(name, body, content_start)
+    if close is None:
+        raise ParseError(f"<{name}> is not closed with </{name}>.")
+    end = close.start()
     # tags nested inside the action's content are part of it (e.g. <cite> in <answer>, html in code)
     others = [n for n, s, _ in opened[1:] if s > end]
     if others:
@@ -110,11 +120,21 @@ def parse(text: str) -> Action:
             raise ParseError("<code> is empty.")
         return Action("code", {"code": code}, thought, text)
     # answer
-    citations = [{"url": u.strip(), "quote": " ".join(q.split())} for u, q in _CITE.findall(content)]
-    answer = _CITE.sub("", content).strip()
+    citations, answer = _citations(content)
     if not answer:
         raise ParseError("<answer> is empty.")
     return Action("finish", {"answer": answer, "citations": citations}, thought, text)
+
+
+def _citations(content: str) -> tuple[list[dict[str, str]], str]:
+    """The <cite url="…">quote</cite> elements of an answer, and the answer text without them."""
+    cites, rest, pos = [], [], 0
+    while (m := _CITE.search(content, pos)) and (end := _closing("cite", content, m.end())):
+        rest.append(content[pos:m.start()])
+        cites.append({"url": m.group(1).strip(), "quote": " ".join(content[m.end():end.start()].split())})
+        pos = end.end()
+    rest.append(content[pos:])
+    return cites, "".join(rest).strip()
 
 
 def render(action: Action) -> str:

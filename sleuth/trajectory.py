@@ -132,6 +132,7 @@ class Trajectory:
             "code_calls": sum(1 for c in self.tool_calls if c.tool == "code"),
             "format_errors": self.format_errors,
             "blocked_actions": self.blocked_actions,
+            "injections": len(self.meta.get("injections", [])),   # results/pages flagged as prompt injections
             "generated_tokens": self.generated_tokens,
             "prompt_tokens": self.prompt_tokens,
             "wall_seconds": round(self.wall_seconds, 3),
@@ -166,9 +167,11 @@ class Trajectory:
 
 
 def save_jsonl(trajs: list[Trajectory], path: str | Path, append: bool = True) -> None:
+    """Never fails on text content: a lone surrogate (which UTF-8 cannot encode) is written as its JSON
+    escape (``\\udc80``), so the line is valid JSON and loads back to the very same string."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a" if append else "w", encoding="utf-8") as f:
+    with open(path, "a" if append else "w", encoding="utf-8", errors="backslashreplace") as f:
         for t in trajs:
             f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
 

@@ -319,3 +319,22 @@ def test_fetcher_rejects_non_http_schemes():
         with pytest.raises(FetchError) as e:
             fetcher.fetch(url)
         assert e.value.kind == "bad_url"
+
+
+def test_provenance_required_for_web_urls(srv, store):
+    """With provenance required (as in the agent) a web URL opens only if allow() or an opened page gave it."""
+    tool = BrowseTool({"wiki": store}, fetcher=open_fetcher(), require_provenance=True)
+    srv.reset()
+    res = tool({"url": f"{srv.url}/plain"})
+    assert res.error == "no_provenance" and "refusing to open" in res.text and srv.requests == []
+    tool.allow(f"Question: what does {srv.url}/plain say?")
+    assert tool({"url": f"{srv.url}/plain"}).ok
+    assert tool({"url": f"{srv.url}/plain?q=leak"}).error == "no_provenance"   # the query string is data
+    assert tool({"url": "corpus://wiki/p2"}).ok                                # corpus pages need none
+    tool.allow("(see https://en.wikipedia.org/wiki/Python_(programming_language)).")
+    assert tool.has_provenance("https://en.wikipedia.org/wiki/Python_(programming_language)")
+    assert tool.has_provenance("HTTPS://EN.wikipedia.org/wiki/Python_(programming_language)#History")
+    tool.allow(f"{srv.url}/redirect?to=/article")
+    assert tool({"url": f"{srv.url}/redirect?to=/article"}).ok
+    assert tool.has_provenance(f"{srv.url}/article")                           # where the redirect led
+    assert [r["path"] for r in srv.requests] == ["/plain", "/redirect?to=/article", "/article"]

@@ -63,3 +63,72 @@ def test_resume_never_reruns_finished_samples(smol_policy, task_file, tmp_path):
     with pytest.raises(ValueError, match="different run"):
         run_eval(EvalConfig(benchmark=str(task_file), mode="closed-book", samples=3, ks=[1]), out,
                  policy=third, progress=False)
+
+
+class ScriptedChat:
+    """A chat policy that answers at once (the agent loop without a model)."""
+
+    name = "scripted-chat"
+
+    def chat(self, messages, tools, params):
+        from sleuth.policy.base import ChatReply
+
+        return ChatReply("<answer>Paris</answer>", prompt_tokens=5, completion_tokens=3)
+
+
+def _run_killed_between_writes(cfg, out, env, monkeypatch):
+    """Run until a kill after batch 2's trajectories were saved but before its records were."""
+    import sleuth.evals.run as run_mod
+
+    real_append, calls = run_mod._append, []
+
+    def killed_on_second_batch(path, rows):
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real_append(path, rows)
+
+    monkeypatch.setattr(run_mod, "_append", killed_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(cfg, out, policy=ScriptedChat(), env=env, progress=False)
+    monkeypatch.setattr(run_mod, "_append", real_append)
+    assert len((out / "trajectories.jsonl").read_text().splitlines()) == 4
+    assert len((out / "records.jsonl").read_text().splitlines()) == 2
+
+
+def _check_one_trajectory_per_sample(out):
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    trajs = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert sorted((r["task_id"], r["sample"]) for r in records) == [(t, s) for t in "abc" for s in (0, 1)]
+    assert sorted((t["task_id"], t["meta"]["sample"]) for t in trajs) == [(t, s) for t in "abc" for s in (0, 1)]
+    assert sorted(t["id"] for t in trajs) == sorted(r["trajectory_id"] for r in records)
+
+
+@pytest.fixture()
+def agent_eval(task_file, tmp_path):
+    from sleuth.agent import Environment
+
+    cfg = EvalConfig(benchmark=str(task_file), mode="agent", samples=2, ks=[1], concurrency=2, max_steps=2)
+    return cfg, tmp_path / "run", Environment(tools=())
+
+
+def test_kill_between_trajectory_and_record_writes_leaves_no_duplicate(agent_eval, monkeypatch):
+    """On resume the unrecorded samples run again, and each recorded sample has exactly one trajectory."""
+    cfg, out, env = agent_eval
+    _run_killed_between_writes(cfg, out, env, monkeypatch)
+    run_eval(cfg, out, policy=ScriptedChat(), env=env, progress=False)
+    _check_one_trajectory_per_sample(out)
+
+
+def test_kill_while_writing_a_record_line(agent_eval, monkeypatch):
+    """The cut line is dropped on resume, not glued to the next record (which would hide every later one)."""
+    cfg, out, env = agent_eval
+    _run_killed_between_writes(cfg, out, env, monkeypatch)
+    with open(out / "records.jsonl", "a") as f:
+        f.write('{"task_id": "b", "sample": 0, "datas')
+    run_eval(cfg, out, policy=ScriptedChat(), env=env, progress=False)
+    _check_one_trajectory_per_sample(out)
+    third = ScriptedChat()
+    third.chat = None   # a finished run re-run does nothing
+    run_eval(cfg, out, policy=third, env=env, progress=False)
+    _check_one_trajectory_per_sample(out)

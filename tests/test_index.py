@@ -247,3 +247,34 @@ def test_cli_index_and_search(home, jsonl, tmp_path, monkeypatch):
     monkeypatch.setenv("SLEUTH_HOME", str(tmp_path / "empty_home"))
     res = runner.invoke(app, ["search", "anything"])
     assert res.exit_code == 1 and "sleuth index" in res.output
+
+
+def test_cli_bad_corpus_files_get_one_clear_line(tmp_path, monkeypatch):
+    """A .jsonl.gz that is not gzip, a binary .jsonl, binary files in a folder: one line naming the file."""
+    import random
+
+    from sleuth.cli import app
+
+    monkeypatch.setenv("SLEUTH_HOME", str(tmp_path / "home"))
+    runner, rnd = CliRunner(), random.Random(0)
+    notgz = tmp_path / "passages.jsonl.gz"
+    notgz.write_text(json.dumps(PASSAGES[0]) + "\n")
+    binary = tmp_path / "dump.jsonl"
+    binary.write_bytes(b"\xf9" + rnd.randbytes(4000))
+    for path, what in ((notgz, "not a valid gzip file"), (binary, "dump.jsonl:1: not UTF-8 text (byte 0xf9")):
+        res = runner.invoke(app, ["index", str(path), "--no-dense", "--quiet"])
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert res.output.count("\n") == 1 and str(path) in res.output and what in res.output, res.output
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "note.txt").write_text("Marie Curie won two Nobel Prizes.\n\nShe was born in Warsaw.")
+    (folder / "latin1.txt").write_bytes("Curie naquit à Varsovie.".encode("latin-1"))   # text, not UTF-8
+    (folder / "noise.txt").write_bytes(rnd.randbytes(6000))                             # NUL bytes and all
+    (folder / "noise2.md").write_bytes(bytes(b for b in rnd.randbytes(6000) if b))      # no NUL byte
+    res = runner.invoke(app, ["index", str(folder), "--name", "docs", "--no-dense", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert f"skipped {folder / 'noise.txt'}: binary" in res.output
+    assert f"skipped {folder / 'noise2.md'}: binary" in res.output
+    assert "2 passages" in res.output and "2 files skipped (not text)" in res.output
+    assert open_index("docs").meta["skipped_files"][0].startswith(str(folder / "noise.txt"))

@@ -74,3 +74,39 @@ def test_native_tool_calls_are_strict():
         protocol.from_tool_call("search", '{"queries": [')
     with pytest.raises(ParseError, match="non-empty 'answer'"):
         protocol.from_tool_call("finish", {"answer": ""})
+
+
+def test_tags_are_case_insensitive():
+    assert parse("<SEARCH>Hamlet</SEARCH>").args == {"queries": ["Hamlet"]}
+    assert parse("<Search>Hamlet</search >").args == {"queries": ["Hamlet"]}
+    assert parse("<Think>plan</THINK><Browse>corpus://w/p1\nPage: 2</Browse>").args == \
+        {"url": "corpus://w/p1", "page": 2}
+    a = parse('<ANSWER>1817 <CITE URL="corpus://w/a">died 1817</Cite></ANSWER>')
+    assert a.args == {"answer": "1817", "citations": [{"url": "corpus://w/a", "quote": "died 1817"}]}
+    # an unknown tag in any case reaches the interceptor under its lower-case name
+    assert parse("<Post>hello world</Post>").tool == "post"
+    assert parse("<EMAIL>to: x@y.org</Email>").tool == "email"
+    with pytest.raises(ParseError, match="<search> is not closed with </search>"):
+        parse("<SEARCH>Hamlet")
+    assert "</SEARCH>" in protocol.STOP_STRINGS and "</Answer>" in protocol.STOP_STRINGS
+
+
+@pytest.mark.parametrize("reply", [
+    "<cite " * 40_000,                                      # unclosed tags with attributes
+    "<answer>x" + '<cite url="a' * 20_000,                  # unclosed attribute values
+    "<answer>x" + '<cite url="a">q' * 15_000 + "</answer>",  # cites that never close
+    "<think>" * 30_000 + "<search>q</search>",              # thoughts that never close
+    "<search>" * 25_000,                                    # actions that never close
+    "<" + "a" * 200_000,                                     # one endless tag name
+    "<x " + "=" * 200_000 + "<search>q</search>",
+])
+def test_parsing_is_linear_on_adversarial_replies(reply):
+    import time
+
+    assert len(reply) >= 150_000
+    t0 = time.perf_counter()
+    try:
+        parse(reply)
+    except ParseError:
+        pass
+    assert time.perf_counter() - t0 < 0.5

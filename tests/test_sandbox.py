@@ -333,3 +333,95 @@ def test_caller_scratch_dir_kept(tmp_path: Path):
     with Sandbox(SandboxConfig(**FAST, scratch_dir=d)) as sb:
         assert sb.run("import os\nos.getcwd()").ok
     assert d.exists()   # not ours to delete
+
+
+# -------------------------------------------------------------------------------- nothing outlives its owner
+
+def _tasks(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
+def _worker_of(sb: Sandbox) -> int:
+    """The worker's pid (the child of the supervisor process, when there is one)."""
+    pid = sb._proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        children = f.read().split()
+    return int(children[0]) if children else pid
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_threads_of_a_failing_call_do_not_outlive_it():
+    """Threads started by a call (here until the thread limit makes it fail) would spin between calls: the
+    worker is restarted instead, and the observation says so."""
+    spin = "import threading, time\ndef spin():\n    while True:\n        time.sleep(0.001)\n"
+    with Sandbox(SandboxConfig(**FAST)) as sb:
+        assert sb.run("kept = 1").ok
+        worker = _worker_of(sb)
+        r = sb.run(spin + "while True:\n    threading.Thread(target=spin, daemon=True).start()")
+        assert not r.ok and "can't start new thread" in r.text
+        assert r.restarted and "threads" in r.text and "restarted" in r.text
+        time.sleep(0.2)
+        assert not _alive(worker)                       # the old worker and its threads are gone
+        assert "NameError" in sb.run("kept").text       # and the restart really lost the state
+        # a call that succeeds but leaves a thread behind is treated the same way
+        worker = _worker_of(sb)
+        r = sb.run(spin + "threading.Thread(target=spin, daemon=True).start()\n6 * 7")
+        assert r.ok and r.output.strip() == "42" and r.restarted and "1 thread" in r.text
+        time.sleep(0.2)
+        assert not _alive(worker)
+        # threads that end before the call returns are fine: the state is kept
+        r = sb.run("import threading\ny = 5\nt = threading.Thread(target=lambda: None)\nt.start()\nt.join()\ny")
+        assert r.ok and r.text == "5" and not r.restarted
+        assert _tasks(_worker_of(sb)) == 1
+
+
+_HOST = r"""
+import json, sys, time
+from sleuth.tools.sandbox import Sandbox, SandboxConfig
+def _worker_of(sb):
+    pid = sb._proc.pid
+    children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    return int(children[0]) if children else pid
+sb = Sandbox(SandboxConfig(wall_seconds=120, cpu_seconds=120))
+assert sb.run("1").ok
+print(json.dumps({"supervisor": sb._proc.pid, "worker": _worker_of(sb), "dirs": [str(sb.scratch), str(sb._root_dir)]}), flush=True)
+sb.run("import time\ntime.sleep(3600)")
+"""
+
+
+@pytest.mark.parametrize("namespaces", [True, False])
+def test_kill_9_of_the_host_ends_the_sandbox_and_its_directories_are_cleaned(namespaces, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    code = _HOST.replace("wall_seconds=120", f"wall_seconds=120, namespaces={namespaces}")
+    host = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        info = json.loads(host.stdout.readline())
+        time.sleep(0.5)                                   # the sleeping cell is running
+        assert _alive(info["supervisor"]) and _alive(info["worker"])
+        os.kill(host.pid, signal.SIGKILL)
+        host.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (_alive(info["supervisor"]) or _alive(info["worker"])):
+            time.sleep(0.05)
+        assert not _alive(info["supervisor"]) and not _alive(info["worker"])
+    finally:
+        host.kill()
+    dirs = [Path(d) for d in info["dirs"] if d != "None"]
+    assert any(d.exists() for d in dirs)                  # kill -9 left them behind ...
+    Sandbox(SandboxConfig(**FAST)).close()                # ... the next sandbox to start removes them
+    assert not any(d.exists() for d in dirs)

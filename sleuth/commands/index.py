@@ -41,9 +41,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"Error: {e}", err=True)
             raise typer.Exit(1)
         meta = open_index(path.name).meta
+        for line in meta.get("skipped_files", []):
+            typer.echo(f"skipped {line}", err=True)
         secs = meta["build_seconds"]
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in secs.items() if k != "total")
         dense = meta["engines"]["dense"]
         reuse = f"; embeddings: {dense['embedded']} computed, {dense['reused']} reused" if dense else ""
-        typer.echo(f"index {meta['name']!r}: {meta['count']} passages in {secs['total']:.1f}s ({stages}){reuse}")
+        n_skipped = len(meta.get("skipped_files", []))
+        skipped = f"; {n_skipped} file{'s' if n_skipped != 1 else ''} skipped (not text)" if n_skipped else ""
+        typer.echo(f"index {meta['name']!r}: {meta['count']} passages in {secs['total']:.1f}s ({stages}){reuse}"
+                   f"{skipped}")
         typer.echo(f"{_human(meta['size_bytes'])} on disk at {path}")

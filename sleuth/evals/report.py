@@ -105,7 +105,7 @@ def save_results(results: Mapping[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(validate_results(dict(results)), indent=2, ensure_ascii=False) + "\n",
-                    encoding="utf-8")
+                    encoding="utf-8", errors="backslashreplace")   # a lone surrogate becomes its JSON escape
     return path
 
 

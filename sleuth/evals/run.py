@@ -4,6 +4,11 @@ Every finished sample is appended to ``<out>/records.jsonl`` (and its trajectory
 ``<out>/trajectories.jsonl``) as soon as its batch ends, so a crashed or interrupted run continues where it
 stopped: on restart, (task, sample) pairs already recorded are never run again. ``results.json`` is
 rebuilt from all records at the end of every batch.
+
+A batch's trajectories are written before its records, and a record is what makes a sample done. On
+restart both files are cut back to agree: a record line cut by a kill is dropped (so later records are not
+glued to it), and trajectories without a record (killed between the two writes) are dropped, because their
+samples run again: each recorded sample has exactly one trajectory.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ def _key(task_id: str, sample: int) -> str:
 
 
 def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
+    with open(path, "a", encoding="utf-8", errors="backslashreplace") as f:   # lone surrogates: JSON escapes
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
         f.flush()
@@ -71,15 +76,53 @@ def _append(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _read_records(path: Path) -> list[dict[str, Any]]:
+    """The records of an earlier run. A line cut by a crash mid-write ends them: it and anything after it are
+    removed from the file (they are re-run), so that new records never follow a broken line."""
     if not path.exists():
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    out, lines = [], path.read_text(encoding="utf-8").splitlines(keepends=True)
+    for line in lines:
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
-            break  # a line cut by a crash mid-write: everything after it is re-run
+            break
+        if not line.endswith("\n"):   # complete JSON, but the newline was cut: the next append would join it
+            out.pop()
+            break
+    if len(out) < len(lines):
+        _rewrite(path, lines[:len(out)])
     return out
+
+
+def _rewrite(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _drop_unrecorded(traj_file: Path, records: list[dict[str, Any]]) -> int:
+    """Remove the trajectories that have no record (a run killed between writing a batch's trajectories and
+    its records): their samples run again, and would otherwise have two trajectories. Returns how many."""
+    if not traj_file.exists():
+        return 0
+    with open(traj_file, encoding="utf-8") as f:
+        lines = f.readlines()
+    recorded = {r["trajectory_id"] for r in records if r.get("trajectory_id")}
+    if len(lines) == len(recorded) and all(line.endswith("\n") for line in lines):
+        return 0   # the usual case: one line per recorded trajectory, nothing to parse
+    keep = []
+    for line in lines:
+        try:
+            if line.endswith("\n") and json.loads(line).get("id") in recorded:
+                keep.append(line)
+        except json.JSONDecodeError:
+            pass
+    if len(keep) < len(lines):
+        _rewrite(traj_file, keep)
+    return len(lines) - len(keep)
 
 
 def _scores(records: list[dict[str, Any]]) -> dict[str, float]:
@@ -122,6 +165,7 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
     tasks = load_tasks(cfg.benchmark, limit=cfg.limit, datasets=cfg.datasets, seed=cfg.seed)
     rec_file, traj_file = out / "records.jsonl", out / "trajectories.jsonl"
     records = _read_records(rec_file)
+    _drop_unrecorded(traj_file, records)
     done = {_key(r["task_id"], r["sample"]) for r in records}
     todo = [(t, s) for t in tasks for s in range(cfg.samples) if _key(t.id, s) not in done]
 

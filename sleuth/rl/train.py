@@ -363,6 +363,7 @@ def _rollout_metrics(trajs) -> dict[str, float]:
         "mean_steps": sum(t.steps for t in trajs) / n,
         "steps_per_correct": sum(t.steps for t in ok) / len(ok) if ok else float("nan"),
         "format_errors_per_traj": sum(t.format_errors for t in trajs) / n,
+        "blocked_actions_per_traj": sum(t.blocked_actions for t in trajs) / n,   # outside-world attempts only
         "answered_rate": sum(t.answer is not None for t in trajs) / n,
         "search_rate": sum(bool(t.queries) for t in trajs) / n,
         "browse_rate": sum(bool(t.urls_opened) for t in trajs) / n,

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import re
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -56,20 +57,33 @@ def content_hash(p: Passage) -> str:
 # ---------------------------------------------------------------------------------------------- loaders
 
 def load_jsonl(path: str | Path) -> Iterator[Passage]:
-    """Rows of {id, title, text[, source]}; gzip if the name ends in .gz. Bad rows raise with line number."""
+    """Rows of {id, title, text[, source]}; gzip if the name ends in .gz. A bad row, a line that is not UTF-8
+    or a .gz that is not gzip raises ValueError naming the file (and the line)."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                yield Passage(str(row["id"]), str(row.get("title", "")), str(row["text"]),
-                              str(row.get("source", "")))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: not a passage row ({e!r}); "
-                                 "expected JSON with 'id' and 'text'") from e
+    lineno = 0
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                     f"{e.start + 1}); a binary file? Expected JSON lines with 'id' and "
+                                     "'text'") from None
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    yield Passage(str(row["id"]), str(row.get("title", "")), str(row["text"]),
+                                  str(row.get("source", "")))
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{lineno}: not a passage row ({e!r}); "
+                                     "expected JSON with 'id' and 'text'") from e
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        where = f" after line {lineno}" if lineno else ""
+        raise ValueError(f"{path}: not a valid gzip file{where} ({e}); a .gz corpus must be gzip-compressed "
+                         "JSON lines") from None
 
 
 def html_to_text(html: str) -> tuple[str, str]:
@@ -110,13 +124,33 @@ def chunk_text(text: str, max_chars: int = CHUNK_CHARS) -> list[str]:
     return chunks
 
 
-def load_folder(folder: str | Path) -> Iterator[Passage]:
-    """Every .txt/.md/.html file under folder, chunked; ids are ``<relative-path-slug>-<n>``."""
+def not_text(data: bytes) -> str | None:
+    """Why these bytes are not a text document ("binary: ..."), or None when they are text. Text in another
+    encoding than UTF-8 still counts as text (a few replaced characters); NUL bytes or more than 10% of
+    undecodable bytes and control characters do not."""
+    if b"\x00" in data[:65536]:
+        return "binary: it holds NUL bytes"
+    sample = data[:65536].decode("utf-8", errors="replace")
+    bad = sum(1 for c in sample if c == "\ufffd" or (ord(c) < 32 and c not in "\t\n\r\f\v") or c == "\x7f")
+    if sample and bad > 0.1 * len(sample):
+        return f"binary: {bad / len(sample):.0%} of it is not text"
+    return None
+
+
+def load_folder(folder: str | Path, skipped: list[str] | None = None) -> Iterator[Passage]:
+    """Every .txt/.md/.html file under folder, chunked; ids are ``<relative-path-slug>-<n>``. Files that are
+    not text (``not_text``) are skipped; ``skipped`` gets a line naming each one and why."""
     folder = Path(folder)
     for f in sorted(folder.rglob("*")):
         if not f.is_file() or f.suffix.lower() not in FOLDER_SUFFIXES:
             continue
-        raw = f.read_text(encoding="utf-8", errors="replace")
+        data = f.read_bytes()
+        why = not_text(data)
+        if why:
+            if skipped is not None:
+                skipped.append(f"{f}: {why}")
+            continue
+        raw = data.decode("utf-8", errors="replace")
         if f.suffix.lower() in {".html", ".htm"}:
             title, text = html_to_text(raw)
         else:
@@ -140,13 +174,14 @@ def load_embedded() -> Iterator[Passage]:
             yield Passage(f"w{i:05d}", row.get("title") or key, text, "wikipedia-vital")
 
 
-def load_source(source: str | Path | None) -> Iterator[Passage]:
-    """Dispatch on what the user gave: None/'embedded' -> embedded corpus, folder, or jsonl(.gz) file."""
+def load_source(source: str | Path | None, skipped: list[str] | None = None) -> Iterator[Passage]:
+    """Dispatch on what the user gave: None/'embedded' -> embedded corpus, folder, or jsonl(.gz) file.
+    ``skipped`` collects the files of a folder that were left out (see ``load_folder``)."""
     if source is None or str(source) == "embedded":
         return load_embedded()
     p = Path(source)
     if p.is_dir():
-        return load_folder(p)
+        return load_folder(p, skipped)
     if p.is_file() and (p.name.endswith(".jsonl") or p.name.endswith(".jsonl.gz") or p.suffix == ".json"):
         return load_jsonl(p)
     if not p.exists():

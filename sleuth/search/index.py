@@ -100,10 +100,10 @@ class _Bar:
             self.prog.update(self.task, total=total, completed=total)
 
 
-def _read(source, bar: _Bar) -> list[Passage]:
+def _read(source, bar: _Bar, skipped: list[str]) -> list[Passage]:
     passages: list[Passage] = []
     seen: set[str] = set()
-    for p in load_source(source):
+    for p in load_source(source, skipped):
         if p.id in seen:
             raise ValueError(f"duplicate passage id {p.id!r} in {source}: ids must be unique")
         seen.add(p.id)
@@ -112,7 +112,8 @@ def _read(source, bar: _Bar) -> list[Passage]:
             bar.advance(1000)
     bar.done(len(passages))
     if not passages:
-        raise ValueError(f"no passages found in {source or 'embedded'}")
+        also = f" ({len(skipped)} files skipped as not text)" if skipped else ""
+        raise ValueError(f"no passages found in {source or 'embedded'}{also}")
     return passages
 
 
@@ -139,7 +140,8 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
     stats: dict[str, Any] = {}
     with _progress(progress) as prog:
         t = time.perf_counter()
-        passages = _read(source, _Bar(prog, "reading", None))
+        skipped: list[str] = []
+        passages = _read(source, _Bar(prog, "reading", None), skipped)
         hashes = [content_hash(p) for p in passages]
         seconds["read"] = time.perf_counter() - t
 
@@ -196,6 +198,7 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
         "format": FORMAT_VERSION,
         "source": "embedded" if source is None or str(source) == "embedded" else str(Path(source).resolve()),
         "count": len(passages),
+        "skipped_files": skipped,   # files of a folder source that were not text
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "engines": {
             "lexical": {"library": "bm25s", "stemmer": "snowball-english", "stopwords": "english",

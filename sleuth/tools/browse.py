@@ -3,6 +3,11 @@ the passages most relevant to a goal.
 
 One instance per agent trajectory: it remembers what it opened (``opened``: url -> full text) so paging
 does not fetch twice and citations can be checked against text the agent was actually shown.
+
+Provenance (``require_provenance``, always on in the agent): a web URL is opened only if it came from
+outside the model — given by the user in the question, or seen in a search result or a page opened in this
+trajectory (``allow()`` and every opened page add what they hold). A URL the model composed itself is
+refused: its path or query string could carry the prompt or anything else the model read out to a server.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import bisect
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from sleuth.search.corpus import URL_SCHEME, parse_corpus_url
 from sleuth.search.docstore import DocStore
 from sleuth.tools.base import Tool, ToolResult
 from sleuth.tools.web import FetchError, WebFetcher
 
+_WEB_URL = re.compile(r"""https?://[^\s<>"'`{}|\\^\[\]]+""", re.I)
 MAX_FIND_HITS = 10
 MAX_GOAL_PASSAGES = 5
 SNIPPET_CHARS = 240  # context shown around a find hit inside a long line
@@ -103,6 +110,17 @@ def passages(text: str, max_chars: int) -> list[tuple[int, int]]:
     return out
 
 
+def _url_key(url: str) -> str:
+    """A URL compared for provenance: case-insensitive scheme and host, no fragment, no trailing slash; the
+    path and query must match exactly (they are where data would be smuggled)."""
+    try:
+        p = urlsplit(url.strip())
+        netloc = p.netloc.lower()
+    except ValueError:
+        return url.strip()
+    return f"{p.scheme.lower()}://{netloc}{p.path.rstrip('/')}" + (f"?{p.query}" if p.query else "")
+
+
 # --------------------------------------------------------------------------------------- ranking
 
 def _bm25_scores(goal: str, chunks: list[str]) -> list[float]:
@@ -151,10 +169,12 @@ class BrowseTool(Tool):
     }
 
     def __init__(self, docstores: dict[str, DocStore] | None = None, fetcher: WebFetcher | None = None,
-                 page_chars: int = 2000, embedder: Any = None):
+                 page_chars: int = 2000, embedder: Any = None, require_provenance: bool = False):
         """docstores: index name -> DocStore, for corpus:// URLs. fetcher: enables http(s) (None = offline).
         page_chars: size of one page. embedder: anything with ``encode(list[str]) -> array`` (a
-        SentenceTransformer, a DenseEngine) ranks goal passages by similarity; without one, BM25 does."""
+        SentenceTransformer, a DenseEngine) ranks goal passages by similarity; without one, BM25 does.
+        require_provenance: open only web URLs that ``allow()`` or an opened page supplied (the agent sets
+        it; a person calling the tool directly supplies the URL themselves)."""
         if page_chars < 100:
             raise ValueError(f"page_chars must be at least 100, got {page_chars}")
         self.docstores = dict(docstores or {})
@@ -163,6 +183,24 @@ class BrowseTool(Tool):
         self.embedder = embedder
         self.opened: dict[str, str] = {}        # url (as asked and as finally served) -> full page text
         self._docs: dict[str, Document] = {}
+        self.require_provenance = require_provenance
+        self.known_urls: set[str] = set()       # web URLs with provenance (normalised by _url_key)
+
+    # -- provenance
+    def allow(self, text: str) -> None:
+        """Give provenance to every web URL in ``text`` (the question, a search result, a page)."""
+        text = text or ""
+        if _WEB_URL.match(text.strip()) and not any(c.isspace() for c in text.strip()):
+            self.known_urls.add(_url_key(text))   # a URL on its own is taken exactly as it is
+        for m in _WEB_URL.finditer(text):
+            url = m.group(0)
+            # drop sentence punctuation after a URL, and a parenthesis that encloses it rather than belongs to it
+            while url[-1] in ".,;:!?'\"" or (url[-1] == ")" and url.count(")") > url.count("(")):
+                url = url[:-1]
+            self.known_urls.add(_url_key(url))
+
+    def has_provenance(self, url: str) -> bool:
+        return _url_key(url) in self.known_urls
 
     # -- arguments
     def validate(self, args: Any) -> str | None:
@@ -190,6 +228,10 @@ class BrowseTool(Tool):
         if url.startswith(URL_SCHEME):
             doc = self._open_corpus(url)
         elif re.match(r"https?://", url, re.I):
+            if self.require_provenance and not self.has_provenance(url):
+                return ToolResult.fail("no_provenance", f"refusing to open {url[:200]}: it is not a URL from the "
+                                       "question, a search result or a page read in this research (only those "
+                                       "can be opened; search for the page instead)", url=url)
             doc = self._open_web(url)
         else:
             return ToolResult.fail("bad_url", f"cannot open {url!r}: use a corpus://<index>/<id> URL from the "
@@ -198,6 +240,8 @@ class BrowseTool(Tool):
             for key in (url, doc.url):
                 self._docs[key] = doc
                 self.opened[key] = doc.text
+            self.allow(doc.url)    # where a redirect led
+            self.allow(doc.text)   # links the page itself shows
         return doc
 
     def _open_corpus(self, url: str) -> Document | ToolResult:

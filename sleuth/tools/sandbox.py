@@ -23,6 +23,13 @@ What contains the code, strongest first (``Sandbox.isolation`` says which layers
    exec, spawn, system, subprocess), loading libraries or looking up functions through ctypes, native
    modules from the scratch directory, network calls, signalling other processes, and gc introspection.
 
+Nothing outlives its owner. The worker's parent is a small supervisor (outside the worker's pid namespace,
+if any) that reports how the worker ended; when the host process dies, even by SIGKILL, its end of the
+request pipe closes and the supervisor kills the worker and itself at once (a running call included). A call
+may not leave threads behind: if any are still running when it returns, the worker is restarted and the
+result says so. Temporary directories are named after the host's pid, and a new sandbox removes those whose
+owner is dead.
+
 Be clear about layer 4: an audit hook is a tripwire inside the same interpreter, not a security boundary.
 It sees Python-level operations only (native code, e.g. a C extension, does not raise audit events);
 ctypes can still read and write the process's memory (``memmove``, pointers), which is enough to switch
@@ -44,6 +51,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import struct
 import sys
@@ -259,6 +267,37 @@ def _count_processes(uid: int) -> int:
     return n
 
 
+_DIR_PREFIX = "sleuth-sandbox-"   # + [root-] + owner pid + "-": temporary directories of a sandbox
+_STALE_DIR = re.compile(re.escape(_DIR_PREFIX) + r"(?:root-)?(\d+)-")
+
+
+def _remove_stale_dirs() -> None:
+    """Remove the temporary directories of sandboxes whose owner process is dead (killed with SIGKILL, so
+    ``close()`` never ran)."""
+    import shutil
+    import tempfile
+
+    tmp = tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        m = _STALE_DIR.match(name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue                       # the owner is alive
+        except PermissionError:
+            continue                       # alive, another user's
+        except ProcessLookupError:
+            pass
+        except (OverflowError, OSError):
+            continue
+        shutil.rmtree(os.path.join(tmp, name), ignore_errors=True)
+
+
 _uid_counter = itertools.count(1)
 
 
@@ -293,14 +332,15 @@ class Sandbox:
         else:
             self.mode = "none"
 
+        _remove_stale_dirs()
         self._own_scratch = cfg.scratch_dir is None
         if self._own_scratch:
-            self.scratch = Path(tempfile.mkdtemp(prefix="sleuth-sandbox-"))
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}{os.getpid()}-"))
         else:
             self.scratch = Path(cfg.scratch_dir).resolve()
             self.scratch.mkdir(parents=True, exist_ok=True)
         # mount point of the private root (namespaces only); empty on the host side
-        self._root_dir = (Path(tempfile.mkdtemp(prefix="sleuth-sandbox-root-"))
+        self._root_dir = (Path(tempfile.mkdtemp(prefix=f"{_DIR_PREFIX}root-{os.getpid()}-"))
                           if self.mode == "namespaces" else None)
 
         # Who the code runs as.
@@ -334,6 +374,8 @@ class Sandbox:
         self._req_w: int | None = None
         self._resp_r: int | None = None
         self._out_fd: int | None = None
+        self._worker_pid: int | None = None   # the worker's pid, as its supervisor reports it
+        self._resp_buf = bytearray()          # response bytes not yet parsed into a frame
         self._pending_note: str | None = None
         self._calls = 0
         self._closed = False
@@ -451,7 +493,7 @@ class Sandbox:
         if self.uid is not None:
             nproc = cfg.max_processes
         else:   # the limit counts every process of the uid, so leave room for the ones already running
-            nproc = _count_processes(os.getuid()) + cfg.max_processes
+            nproc = _count_processes(os.getuid()) + 1 + cfg.max_processes   # + 1: the supervisor
         init = {
             "scratch": str(self.scratch),
             # network=True keeps the host's network namespace; every other namespace stays
@@ -483,6 +525,7 @@ class Sandbox:
         os.close(req_r)
         os.close(resp_w)
         self._proc, self._req_w, self._resp_r = proc, req_w, resp_r
+        self._worker_pid, self._resp_buf = None, bytearray()
         self._out_fd = proc.stdout.fileno()
         os.set_blocking(self._resp_r, False)
         os.set_blocking(self._out_fd, False)
@@ -508,9 +551,22 @@ class Sandbox:
         """
         import select
 
-        buf = bytearray()
+        buf = self._resp_buf   # kept across calls: a frame that arrives with another one is not lost
         open_fds = [self._resp_r, self._out_fd]
         while True:
+            while len(buf) >= 4:
+                n = struct.unpack(">I", buf[:4])[0]
+                if n > _MAX_FRAME or len(buf) < 4 + n:
+                    break
+                frame = json.loads(bytes(buf[4:4 + n]))
+                del buf[:4 + n]
+                if "worker" in frame:   # the supervisor says which process is the worker
+                    self._worker_pid = frame["worker"]
+                    continue
+                self._drain(out)
+                if "exit" in frame:   # the supervisor reports how the worker ended
+                    return None, self._exit_info(frame)
+                return frame, None
             left = deadline - time.monotonic()
             if left <= 0:
                 self._drain(out)
@@ -529,17 +585,6 @@ class Sandbox:
                     return None, self._exit_info()
                 if chunk:
                     buf += chunk
-                while len(buf) >= 4:
-                    n = struct.unpack(">I", buf[:4])[0]
-                    if n > _MAX_FRAME or len(buf) < 4 + n:
-                        break
-                    frame = json.loads(bytes(buf[4:4 + n]))
-                    del buf[:4 + n]
-                    if "exit" in frame:   # the supervisor reports how the worker ended
-                        self._drain(out)
-                        return None, self._exit_info(frame)
-                    self._drain(out)
-                    return frame, None
 
     def _read_into(self, fd: int, out: _Output) -> bool:
         try:
@@ -592,9 +637,15 @@ class Sandbox:
             return SandboxResult(False, text, "killed", f"killed: the Python process {died}. {lost}",
                                  restarted=True, truncated=truncated)
         text, truncated = out.render()
-        if frame.get("ok"):
-            return SandboxResult(True, text, truncated=truncated)
+        notes = []
         kind = frame.get("kind", "exception")
+        stray = self._stray_threads() if frame.get("ok") or kind not in ("memory", "timeout") else 0
+        if stray:   # threads may not outlive their call (they would run on between calls): restart
+            self._kill()
+            notes.append(f"the code left {stray} thread{'s' if stray != 1 else ''} running when the call ended; "
+                         f"threads may not outlive a call, so the{lost[3:]}")
+        if frame.get("ok"):
+            return SandboxResult(True, text, truncated=truncated, restarted=bool(stray), notes=notes)
         message = frame.get("message", "")
         if kind == "memory":
             self._kill()
@@ -606,14 +657,30 @@ class Sandbox:
             return SandboxResult(False, text, "timeout",
                                  f"timeout: the code used more than {cfg.cpu_seconds} s of CPU time and was "
                                  f"stopped. {lost}", restarted=True, truncated=truncated)
-        return SandboxResult(False, text, kind, message, truncated=truncated)
+        return SandboxResult(False, text, kind, message, truncated=truncated, restarted=bool(stray), notes=notes)
+
+    def _stray_threads(self, grace: float = 0.3) -> int:
+        """Threads of the worker besides its main one once a call has returned (those about to end get a
+        short grace). Counted from outside, in /proc, so the code cannot hide them."""
+        pid = self._worker_pid
+        deadline = time.monotonic() + grace
+        while pid is not None:
+            try:
+                n = len(os.listdir(f"/proc/{pid}/task")) - 1
+            except OSError:
+                return 0
+            if n <= 0 or time.monotonic() >= deadline:
+                return max(n, 0)
+            time.sleep(0.02)
+        return 0
 
     def _kill(self) -> None:
         import subprocess
 
         proc, self._proc = self._proc, None
+        self._worker_pid = None
         if proc is not None:
-            if self.mode != "none" and proc.poll() is None:
+            if proc.poll() is None:
                 # The supervisor kills the worker, reaps it (and, as the worker is init of its pid namespace,
                 # the kernel first removes everything it started), reports and exits: nothing is left over.
                 proc.send_signal(signal.SIGTERM)
@@ -788,21 +855,41 @@ def _on_sigterm(signum, frame):
         os._exit(1)
 
 
-def _supervise(pid: int, resp_fd: int) -> None:
-    """Outside the new pid namespace: wait for the worker and report how it ended, then exit."""
+def _supervise(pid: int, req_fd: int, resp_fd: int) -> None:
+    """The worker's parent (outside its pid namespace, if any): tell the parent which process the worker is,
+    wait for it to end and report how, then exit. If the parent dies first (even by SIGKILL), every copy of
+    the request pipe's write end is gone and the read end reports POLLHUP: the supervisor then kills the
+    worker and its process group and exits, so nothing outlives its owner. (A pipe, not PR_SET_PDEATHSIG:
+    that fires when the parent *thread* that started us exits, and sandboxes are started from worker threads.)
+    """
+    import select
+
     global _child_pid
     _child_pid = pid
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
+    try:
+        _send(resp_fd, {"worker": pid})
+    except OSError:
+        pass
+    poller = select.poll()
+    poller.register(req_fd, 0)   # no events asked for: only POLLHUP/POLLERR, never the worker's requests
+    try:
+        poller.register(os.pidfd_open(pid), select.POLLIN)   # readable once the worker has exited
+        wait_ms = None
+    except (AttributeError, OSError):   # no pidfd (Linux < 5.3): look at the worker a few times a second
+        wait_ms = 100
     while True:
         try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
+            done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            status = 0
+            done, status = pid, 0
+        if done:
             break
+        if any(fd == req_fd for fd, _ in poller.poll(wait_ms)):   # the parent is gone
+            os.kill(pid, signal.SIGKILL)
+            os.killpg(0, signal.SIGKILL)   # the worker's group, this process included
+            os._exit(1)
     info = {"exit": True}
     if os.WIFSIGNALED(status):
         info["signal"] = os.WTERMSIG(status)
@@ -1089,11 +1176,11 @@ def _worker_main(req_fd: int, resp_fd: int) -> None:
         check(libc.unshare(flags), "unshare")
         if flags & _CLONE_NEWNS:   # keep our mounts from propagating back to the host
             _mount("none", "/", None, _MS_REC | _MS_PRIVATE)
-        signal.signal(signal.SIGTERM, _on_sigterm)
-        pid = os.fork()   # the child is pid 1 of the new pid namespace
-        if pid:
-            _supervise(pid, resp_fd)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    pid = os.fork()   # the worker; with a pid namespace, its pid 1
+    if pid:
+        _supervise(pid, req_fd, resp_fd)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if init["root_dir"]:
         _build_root(init)
     _set_limits(init["limits"])
@@ -1106,8 +1193,8 @@ def _worker_main(req_fd: int, resp_fd: int) -> None:
             raise SystemExit("could not drop privileges")
     libc, _, check = _libc()
     check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
-    if flags:   # die with the supervisor (setuid cleared the earlier setting, so set it now)
-        check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    # die with the supervisor (which dies with the parent); set after setuid, which clears it
+    check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
     del libc, check
     os.chdir(init["scratch"])
     sys.argv = [""]

@@ -293,14 +293,14 @@ def test_prompt_injection_is_flagged_and_never_evidence(injected_env, smol_token
     [event] = traj.meta["injections"]
     assert (event["url"], event["rule"], event["step"]) == ("corpus://inj/h2", "addressed-to-ai", 1)
     assert traj.stats()["injections"] == 1
-    assert traj.citations == [] and traj.meta["evidence_url"] is None     # neither a citation nor evidence
+    assert traj.citations == [] and traj.evidence_url is None     # neither a citation nor evidence
     assert "prompt injection" in traj.dropped_citations[0].reason
     # browsing the page afterwards does not make it evidence either; the clean source still grounds answers
     replies = ["<search>Who wrote Hamlet</search>", "<browse>corpus://inj/h2</browse>",
                "<answer>William Shakespeare</answer>"]
     traj = Agent(ScriptedPolicy(smol_tokenizer, [replies]), injected_env, AgentConfig()).run("Who wrote Hamlet?")
     assert [e["url"] for e in traj.meta["injections"]] == ["corpus://inj/h2"]   # recorded once per source
-    assert traj.meta["evidence_url"] == "corpus://inj/h1"
+    assert traj.evidence_url == "corpus://inj/h1"
     assert [c.url for c in traj.citations] == ["corpus://inj/h1"]
 
 

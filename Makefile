@@ -22,7 +22,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/sleuth index --embedded
 	$(BIN)/sleuth search "theory of relativity" "largest desert in Africa"
-	$(BIN)/sleuth ask "In which city was the painter of the Mona Lisa born?"
+	$(BIN)/sleuth ask "Who painted the Mona Lisa?"
 
 # Rebuild the shipped policy from the base model (index, task files, two RL stages, selection, export);
 # about 2 h on 2 cores; run it again after an interruption to resume.

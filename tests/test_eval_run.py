@@ -100,7 +100,7 @@ def _check_one_trajectory_per_sample(out):
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     trajs = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
     assert sorted((r["task_id"], r["sample"]) for r in records) == [(t, s) for t in "abc" for s in (0, 1)]
-    assert sorted((t["task_id"], t["meta"]["sample"]) for t in trajs) == [(t, s) for t in "abc" for s in (0, 1)]
+    assert sorted((t["task_id"], t["member"]) for t in trajs) == [(t, s) for t in "abc" for s in (0, 1)]
     assert sorted(t["id"] for t in trajs) == sorted(r["trajectory_id"] for r in records)
 
 

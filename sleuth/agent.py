@@ -527,9 +527,10 @@ class Agent:
         if action.tool == "finish":
             kept, dropped = citations.verify(action.args.get("citations", []), run.seen, _untrusted(traj))
             traj.answer = action.args["answer"]
-            traj.citations, traj.dropped_citations = citations.cite_answer(traj.answer, kept, run.seen), dropped
             # where (if anywhere) the answer occurs in what the agent was shown: the grounding a reward can ask for
-            traj.evidence_url = citations.answer_in_evidence(traj.answer, run.seen)
+            evidence = citations.evidence_citation(traj.answer, run.seen)
+            traj.evidence_url = evidence.url if evidence else None
+            traj.citations, traj.dropped_citations = citations.cite_answer(traj.answer, kept, evidence), dropped
             self.on_event(traj, "action", {"step": step, "tool": "finish", "args": action.args})
             self._end(run, "finish")
             return None

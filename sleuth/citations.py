@@ -63,19 +63,16 @@ def evidence_citation(answer: str | None, seen: dict[str, str]) -> Citation | No
     return None
 
 
-def cite_answer(answer: str | None, kept: list[Citation], seen: dict[str, str]) -> list[Citation]:
-    """The verified citations of an answer: the model's own verified ones, plus a system-built one when the
-    answer occurs in something the agent was shown and no verified quote already contains it."""
-    if not answer:
+def cite_answer(answer: str | None, kept: list[Citation], evidence: Citation | None) -> list[Citation]:
+    """The verified citations of an answer: the model's own verified ones, plus ``evidence`` (the system's
+    citation from ``evidence_citation``) when no verified quote already contains the answer."""
+    if not answer or evidence is None:
         return kept
     a = _words(answer)
     if any(a in _words(c.quote) for c in kept):
         return kept
-    cite = evidence_citation(answer, seen)
-    if cite is None:
-        return kept
-    cite.n = len(kept) + 1
-    return kept + [cite]
+    evidence.n = len(kept) + 1
+    return kept + [evidence]
 
 
 def verify(cites: list[dict], seen: dict[str, str],

@@ -48,9 +48,11 @@ def register(app: typer.Typer) -> None:
         try:
             with console.status("loading model…"):
                 policy = load_policy(model, base_url, **({"max_retries": max_retries} if base_url else {}))
-            trained = agent_settings(policy)    # run a trained policy as it was trained, unless told otherwise
-            env = Environment.from_index(index, engine=engine, online=online,
-                                         search_k=trained.get("search_k", 5))
+            # a trained policy runs as it was trained, unless told otherwise
+            run = agent_settings(policy, {"max_steps": max_steps, "prompt": prompt},
+                                 {"max_steps": 10, "prompt": "short-fewshot",
+                                  "max_new_tokens": AgentConfig.max_new_tokens, "search_k": 5})
+            env = Environment.from_index(index, engine=engine, online=online, search_k=run["search_k"])
         except (FileNotFoundError, ValueError) as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(2)
@@ -77,10 +79,8 @@ def register(app: typer.Typer) -> None:
             elif kind == "error":
                 console.print(f"[bold cyan]step {data['step']}[/] [red]server error[/] {data['message']}")
 
-        cfg = AgentConfig(max_steps=max_steps or trained.get("max_steps", 10), temperature=temperature,
-                          prompt=prompt or trained.get("prompt", "short-fewshot"),
-                          max_new_tokens=trained.get("max_new_tokens", AgentConfig.max_new_tokens),
-                          context_window=context_window)
+        cfg = AgentConfig(max_steps=run["max_steps"], temperature=temperature, prompt=run["prompt"],
+                          max_new_tokens=run["max_new_tokens"], context_window=context_window)
         agent = Agent(policy, env, cfg, on_event=show)
         traj = agent.run(question)
         out = save or Path("runs") / "ask.jsonl"

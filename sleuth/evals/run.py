@@ -208,9 +208,8 @@ def _resolve_agent_settings(cfg: EvalConfig, policy) -> EvalConfig:
 
     from sleuth.policy.loader import agent_settings
 
-    trained = agent_settings(policy)
     defaults = {"max_steps": 8, "max_new_tokens": 192, "prompt": "short-fewshot", "search_k": 5}
-    return replace(cfg, **{k: trained.get(k, v) for k, v in defaults.items() if getattr(cfg, k) is None})
+    return replace(cfg, **agent_settings(policy, {k: getattr(cfg, k) for k in defaults}, defaults))
 
 
 def _run_batch(cfg: EvalConfig, policy, env, batch: list[tuple[Task, int]], traj_file: Path) -> list[dict]:

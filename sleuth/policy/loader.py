@@ -34,7 +34,9 @@ def load_policy(model: str | None = None, base_url: str | None = None, **kw: Any
     return HFPolicy.load(model if model is not None else default_model(), **kw)
 
 
-def agent_settings(policy: Any) -> dict[str, Any]:
-    """The agent settings a trained policy was trained with (prompt, max_steps, max_new_tokens, search_k), so
-    it runs as it learned; {} for an untrained model or a server."""
-    return dict(getattr(policy, "agent_settings", None) or {})
+def agent_settings(policy: Any, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Agent settings for running ``policy``: each value in ``given`` that is not None, else what the policy was
+    trained with (a trained export records prompt, max_steps, max_new_tokens, search_k) so it runs as it
+    learned, else ``defaults`` (an untrained model or a server)."""
+    trained = getattr(policy, "agent_settings", None) or {}
+    return {k: given[k] if given.get(k) is not None else trained.get(k, d) for k, d in defaults.items()}

@@ -111,17 +111,15 @@ def run_recipe(path: str | Path, log: Callable[[str], None] = print) -> Path:
 
 
 def export_policy_copy(src: Path, dest: Path) -> Path:
-    import os
+    """The chosen export, copied to its destination under the destination's name."""
     import shutil
 
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    meta_file = tmp / "sleuth_version.json"
-    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "name": dest.name}))
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.rename(tmp, dest)
+    from sleuth.rl.train import staged_dir
+
+    with staged_dir(dest) as tmp:
+        shutil.copytree(src, tmp)
+        meta_file = tmp / "sleuth_version.json"
+        meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "name": dest.name}))
     return dest
 
 
@@ -161,7 +159,7 @@ def select_checkpoint(cfg, run_dir: Path, every: int = 1, greedy: bool = True,
 
     Scores are cached in ``<run_dir>/selection.json`` so a killed selection resumes."""
     from sleuth.rl.checkpoint import checkpoint_dirs
-    from sleuth.rl.train import split_tasks, validate_checkpoint
+    from sleuth.rl.train import agent_setup, split_tasks, validate_checkpoint
 
     found = sorted(checkpoint_dirs(run_dir))
     cands = [c for c in found if c[0] % max(every, 1) == 0 or c == found[-1]]
@@ -171,9 +169,11 @@ def select_checkpoint(cfg, run_dir: Path, every: int = 1, greedy: bool = True,
     _, _, val = split_tasks(cfg, with_validation=True)
     cache_file = run_dir / "selection.json"
     scores: dict[str, float] = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    env = None
     for it, path in cands:
         if path.name not in scores:
-            scores[path.name] = validate_checkpoint(cfg, run_dir, path, val, greedy=greedy)
+            env = env or agent_setup(cfg, 0.0)[0]      # the index is opened once for every checkpoint
+            scores[path.name] = validate_checkpoint(cfg, run_dir, path, val, greedy=greedy, env=env)
             cache_file.write_text(json.dumps(scores, indent=2))
         log(f"validation ({len(val)} tasks) {path.name}: pass@1 {scores[path.name]:.3f}")
     best = max(cands, key=lambda c: (scores[c[1].name], c[0]))[1]

@@ -13,6 +13,7 @@ its own ``[rl.reward]`` table).
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 import json
 import os
 import time
@@ -258,7 +259,7 @@ def _make_rollout(cfg: RunConfig, policy, judge, log: Callable[[str], None]):
     from sleuth.rl.rollout import AgentRollout, curriculum_order
 
     tasks, held = split_tasks(cfg)
-    env, acfg = _agent_setup(cfg, cfg.rl.temperature)
+    env, acfg = agent_setup(cfg, cfg.rl.temperature)
     if cfg.reachable_k:
         n = len(tasks)
         tasks = keep_reachable(tasks, env.search_engine, cfg.reachable_k)
@@ -272,11 +273,14 @@ def _make_rollout(cfg: RunConfig, policy, judge, log: Callable[[str], None]):
     return AgentRollout(policy, env, acfg, tasks, judge, cfg.rl.reward)
 
 
-def _agent_setup(cfg: RunConfig, temperature: float):
-    """The tools (search and browse over the run's index) and agent settings of the run's rollouts."""
+def agent_setup(cfg: RunConfig, temperature: float, env=None):
+    """The tools (search and browse over the run's index; ``env`` when given, so several evaluations share one
+    opened index) and agent settings of the run's rollouts."""
     from sleuth.agent import AgentConfig, Environment
 
-    env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k, tools=("search", "browse"))
+    if env is None:
+        env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k,
+                                     tools=("search", "browse"))
     return env, AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
                             prompt=cfg.prompt)
 
@@ -331,9 +335,10 @@ def _summary_line(s: dict[str, Any]) -> str:
 
 
 def validate_checkpoint(cfg: RunConfig, run_dir: str | Path, checkpoint: str | Path, tasks, greedy: bool = True,
-                        batch: int = 16) -> float:
+                        batch: int = 16, env=None) -> float:
     """pass@1 of a checkpoint on ``tasks`` with the run's own agent settings and reward judgement (evidence
-    included when the run requires it): the number a recipe picks its checkpoint by."""
+    included when the run requires it): the number a recipe picks its checkpoint by. ``env``: the run's tools
+    (``agent_setup``), opened once for all the checkpoints compared."""
     import tempfile
 
     from sleuth.policy.hf import HFPolicy
@@ -341,7 +346,7 @@ def validate_checkpoint(cfg: RunConfig, run_dir: str | Path, checkpoint: str | P
 
     with tempfile.TemporaryDirectory(dir=run_dir) as d:
         policy = HFPolicy.load(export_policy(run_dir, Path(d) / "policy", checkpoint=checkpoint))
-    env, acfg = _agent_setup(cfg, 0.0 if greedy else cfg.rl.temperature)
+    env, acfg = agent_setup(cfg, 0.0 if greedy else cfg.rl.temperature, env)
     rollout = AgentRollout(policy, env, acfg, tasks, build_judge(cfg), cfg.rl.reward)
     correct = 0
     for i in range(0, len(tasks), batch):
@@ -382,20 +387,27 @@ def export_policy(run_dir: str | Path, dest: str | Path, checkpoint: str | Path 
     model it applies to recorded in ``sleuth_version.json``."""
     import shutil
 
-    from safetensors.torch import load_file, save_file
-
-    from sleuth.policy.hf import VERSION_FILE, adapter_dir
     from sleuth.rl.checkpoint import load_latest, read
 
     ck = read(checkpoint) if checkpoint is not None else load_latest(run_dir)
     if ck is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir}")
     dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(ck.model_dir, tmp)
-    meta: dict[str, Any] = {"version": ck.version, "name": dest.name}
-    cfg_file = Path(run_dir) / "config.json"
+    with staged_dir(dest) as tmp:
+        shutil.copytree(ck.model_dir, tmp)
+        _export_files(tmp, ck, Path(run_dir), dest.name)
+    return dest
+
+
+def _export_files(tmp: Path, ck, run_dir: Path, name: str) -> None:
+    """Turn a copy of a checkpoint's model folder into an export: LoRA weights in float16 without the base's
+    tokenizer, and ``sleuth_version.json`` (weight version, name, training agent settings, base model)."""
+    from safetensors.torch import load_file, save_file
+
+    from sleuth.policy.hf import VERSION_FILE, adapter_dir
+
+    meta: dict[str, Any] = {"version": ck.version, "name": name}
+    cfg_file = run_dir / "config.json"
     run_cfg = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
     # the agent settings the policy was trained with: `ask` and `eval` use them unless told otherwise
     meta["agent"] = {k: run_cfg[k] for k in AGENT_KEYS if k in run_cfg}
@@ -409,10 +421,20 @@ def export_policy(run_dir: str | Path, dest: str | Path, checkpoint: str | Path 
         parent = adapter_dir(start)     # continued from another adapter: same base as that one
         meta["base"] = json.loads((parent / VERSION_FILE).read_text()).get("base") if parent else start
     (tmp / VERSION_FILE).write_text(json.dumps(meta))
+
+
+@contextmanager
+def staged_dir(dest: Path):
+    """Write a directory under a temporary name beside ``dest``, then put it in place of ``dest`` at once, so a
+    killed export never leaves a half-written model where a finished one is expected."""
+    import shutil
+
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    yield tmp
     if dest.exists():
         shutil.rmtree(dest)
     os.rename(tmp, dest)
-    return dest
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

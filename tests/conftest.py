@@ -83,3 +83,20 @@ def env(tmp_path_factory):
             os.environ.pop("SLEUTH_HOME")
         else:
             os.environ["SLEUTH_HOME"] = old
+
+
+CHROMIUM = os.environ.get("SLEUTH_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Chromium (Debian's package, driven by Playwright) for tests that look at a page as a person does.
+    .ci/run installs the package when it is missing; no browser is ever downloaded."""
+    from playwright.sync_api import sync_playwright
+
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium) or set SLEUTH_CHROMIUM")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()

@@ -128,6 +128,8 @@ class Trajectory:
         return {
             "steps": self.steps,
             "search_queries": len(self.queries),
+            "search_calls": sum(1 for c in self.tool_calls if c.tool == "search"),
+            "browse_calls": sum(1 for c in self.tool_calls if c.tool == "browse"),
             "urls_opened": len(set(self.urls_opened)),
             "code_calls": sum(1 for c in self.tool_calls if c.tool == "code"),
             "format_errors": self.format_errors,

@@ -452,3 +452,50 @@ def test_balanced_lookups_ask_each_kind_of_fact_alike(wiki_graph):
     assert plain["date"] > 100                          # as the corpus states facts: mostly dates
     assert set(balanced) == set(plain) and len(balanced) == 4
     assert max(balanced.values()) < 2 * min(balanced.values())   # each kind about a quarter
+
+
+# ------------------------------------------------------------------------------------- hops (real index)
+@pytest.fixture
+def film_engine(tmp_path, monkeypatch):
+    """A real lexical index of the film corpus (BM25 over titles and text)."""
+    from sleuth.search.index import build_index, open_index
+
+    monkeypatch.setenv("SLEUTH_HOME", str(tmp_path / "home"))
+    src = tmp_path / "films.jsonl"
+    src.write_text("".join(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n"
+                           for p in film_corpus()))
+    build_index(src, name="films", dense=False, progress=False)
+    return open_index("films").engine("lexical")
+
+
+def test_hops_stage_keeps_bridges_that_need_every_hop(graph, film_engine):
+    from sleuth.synth.validate import check_hops
+    from sleuth.tasks.judges import mentions
+
+    bridges = list(generate_bridges(graph, 20, 2, random.Random(0), GenStats()))
+    lookups = list(generate_lookups(graph, 3, random.Random(0), GenStats()))
+    assert bridges and lookups
+    kept, st = check_hops(bridges + lookups, film_engine, k=1)
+    assert st.n_in == len(bridges) + len(lookups)
+    assert all(t in kept for t in lookups)                       # only bridges are checked
+    kept_bridges = [t for t in kept if t.metadata["type"] == "bridge"]
+    assert kept_bridges and len(kept_bridges) < len(bridges)     # this corpus has both kinds
+    top1 = lambda q: " ".join(f"{r.title} {r.snippet}" for r in film_engine.search_batch([q], k=1)[0].results)
+    for t in kept_bridges:                                       # re-check the recorded path independently
+        first, bridge = t.metadata["search_path"]
+        assert not mentions(top1(t.question), t.answers)
+        assert bridge == t.metadata["supporting_titles"][1] and mentions(top1(first), [bridge])
+        assert mentions(top1(bridge), t.answers)
+    for t in bridges:
+        if t not in kept:
+            assert "search_path" not in t.metadata
+    # with every passage shown, one search always shows the answer: nothing needs a second hop
+    kept_all, st_all = check_hops(bridges, film_engine, k=len(film_corpus()))
+    assert kept_all == [] and st_all.rejected == {"searching the question shows the answer": len(bridges)}
+    with pytest.raises(ValueError):
+        check_hops(bridges, film_engine, k=0)
+
+
+def test_pipeline_hops_stage_needs_a_search_engine():
+    with pytest.raises(SynthError, match="search engine"):
+        synthesize(film_corpus(), quiet(n=10, hops=(2,), mix={"bridge": 1}, hops_k=2), eval_questions=no_eval())

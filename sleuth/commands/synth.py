@@ -58,6 +58,9 @@ def register(app: typer.Typer) -> None:
         cloze: str = typer.Option("auto", "--cloze", help="Linking-sentence clue in hop descriptions: "
                                   "auto | always | never."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Keep at most this many tasks."),
+        hops_k: int = typer.Option(0, "--hops-k", help="Keep only bridges that need every hop, each findable in "
+                                   "the top K results of --index (searching the question must not show the "
+                                   "answer). 0 = off."),
     ) -> None:
         """Generate tool-centric tasks (bridge, comparison, reasoning, single-hop lookup), validate, filter, write."""
         from rich.console import Console
@@ -72,7 +75,7 @@ def register(app: typer.Typer) -> None:
             cfg = SynthConfig(n=n, seed=seed, hops=_parse_hops(hops), **extra, closed_book=closed_book,
                               pass_n=pass_at, pass_min=pass_min, pass_max=pass_max,
                               eval_sets=tuple(eval_set or ("all",)), dedup_threshold=dedup_threshold, cloze=cloze,
-                              limit=limit, lookup_balance=balance_lookups)
+                              limit=limit, lookup_balance=balance_lookups, hops_k=hops_k)
             cfg.check()
         except ValueError as e:
             console.print(f"[red]{e}[/red]")
@@ -102,8 +105,18 @@ def register(app: typer.Typer) -> None:
             else:
                 tool_solver = agent_tool_solver(policy, env, AgentConfig())
 
+        search_engine = None
+        if hops_k:
+            from sleuth.agent import Environment
+
+            try:
+                search_engine = Environment.from_index(index, engine=engine).search_engine
+            except (OSError, ValueError) as e:
+                console.print(f"[red]the hops stage needs the index the agent searches: {e}[/red]")
+                raise typer.Exit(2)
         try:
-            tasks, funnel = synthesize(corpus or _default_corpus(), cfg, cb_solver, tool_solver)
+            tasks, funnel = synthesize(corpus or _default_corpus(), cfg, cb_solver, tool_solver,
+                                       search_engine=search_engine)
         except (SynthError, FileNotFoundError, ValueError, TypeError) as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -226,7 +227,8 @@ def _run_batch(cfg: EvalConfig, policy, env, batch: list[tuple[Task, int]], traj
         for (task, s), tr in zip(batch, trajs):
             tr.gold, tr.dataset, tr.group, tr.member = list(task.answers), task.dataset, task.id, s
             rows.append({"task_id": task.id, "sample": s, "dataset": task.dataset, "answer": tr.answer,
-                         "stats": tr.stats(), "trajectory_id": tr.id,
+                         "stats": tr.stats(), "trajectory_id": tr.id, "queries": tr.queries[:32],
+                         "bridge_searched": bridge_searched(tr.queries, task),
                          "grounded": bool(tr.evidence_url),
                          "citations": [{"url": c.url, "quote": c.quote, "source": c.source} for c in tr.citations],
                          "unseen_citations": len(unseen_citations(tr))})
@@ -262,7 +264,44 @@ def _results(cfg: EvalConfig, records: list[dict], judge, policy_name: str) -> d
     res["overall"]["scores"] = _scores(records)
     if cfg.mode == "agent":
         res["overall"]["citations"] = citation_summary(records)
+        res["overall"]["research"] = research_summary(records)
+        for ds in res["datasets"]:
+            res["datasets"][ds]["research"] = research_summary([r for r in records if r["dataset"] == ds])
     return res
+
+
+def bridge_searched(queries: list[str], task: Task) -> bool | None:
+    """Whether one of the queries names an entity the question hides (a synthesised bridge's search path after
+    its first query); None for tasks that have no known search path."""
+    from sleuth.tasks.judges import mentions
+
+    path = task.metadata.get("search_path") or []
+    if len(path) < 2:
+        return None
+    hidden = [h for title in path[1:] for h in {title, re.sub(r"\s*\([^()]*\)\s*$", "", title)}]
+    return any(mentions(q, hidden) for q in queries)
+
+
+def research_summary(records: list[dict]) -> dict[str, Any]:
+    """Research behaviour, not accuracy: how many trajectories search more than once, browse or run code, and —
+    on tasks with a known search path — how often the agent searched for the hidden bridge entity, overall and
+    among its correct answers."""
+    stats = [r.get("stats") or {} for r in records]
+    n = len(records) or 1
+    out: dict[str, Any] = {
+        "trajectories": len(records),
+        "search_calls_mean": sum(s.get("search_calls", 0) for s in stats) / n,
+        "searched_at_least_twice": sum(s.get("search_calls", 0) >= 2 for s in stats) / n,
+        "browsed": sum(s.get("browse_calls", 0) > 0 for s in stats) / n,
+        "ran_code": sum(s.get("code_calls", 0) > 0 for s in stats) / n}
+    known = [r for r in records if r.get("bridge_searched") is not None]
+    if known:
+        correct = [r for r in known if r.get("correct")]
+        out["bridge_tasks"] = len(known)
+        out["bridge_searched"] = sum(bool(r["bridge_searched"]) for r in known) / len(known)
+        out["correct_with_bridge_searched"] = (sum(bool(r["bridge_searched"]) for r in correct) / len(correct)
+                                               if correct else None)
+    return out
 
 
 def citation_summary(records: list[dict]) -> dict[str, Any]:

@@ -43,6 +43,16 @@ class TaskFile:
     seed: int = 0
     corpus: str | None = None
     """Passages to synthesise from (default: the shared 28k-passage corpus)."""
+    hops: list[int] = field(default_factory=lambda: [2, 3, 4])
+    """Bridge hop counts (`sleuth synth --hops`)."""
+    hops_k: int = 0
+    """Keep only bridges that need every hop, each findable in the top hops_k results of `index`
+    (`sleuth synth --hops-k`); 0 = off."""
+    index: str = "passages"
+    """The index the hops check searches (the one the stages' agent searches)."""
+    test_share: float = 0.0
+    """Share of the kept tasks (by a hash of the task id) written to `<out stem>-test.jsonl` instead: a test
+    set from the same distribution that no stage trains on."""
 
 
 @dataclass
@@ -145,12 +155,36 @@ def make_task_file(tf: TaskFile, log: Callable[[str], None] = print) -> Path:
         return out
     corpus = tf.corpus or str(shared_data() / "corpus" / "passages.jsonl.gz")
     extra = {"mix": parse_mix(tf.mix)} if tf.mix else {}
-    cfg = SynthConfig(n=tf.n, seed=tf.seed, closed_book=False, lookup_balance=tf.balance_lookups, **extra)
+    cfg = SynthConfig(n=tf.n, seed=tf.seed, closed_book=False, lookup_balance=tf.balance_lookups,
+                      hops=tuple(tf.hops), hops_k=tf.hops_k, **extra)
     cfg.check()
-    tasks, funnel = synthesize(corpus, cfg, None, None)
+    engine = None
+    if tf.hops_k:
+        from sleuth.agent import Environment
+
+        engine = Environment.from_index(tf.index, engine="hybrid").search_engine
+    tasks, funnel = synthesize(corpus, cfg, None, None, search_engine=engine)
+    test = [t for t in tasks if in_test_split(t.id, tf.test_share)]
+    if test:
+        write_outputs(test, funnel, test_file(out))   # written first: the train file marks completion
+        tasks = [t for t in tasks if not in_test_split(t.id, tf.test_share)]
     write_outputs(tasks, funnel, out)
-    log(f"tasks {out}: {len(tasks)} synthesised from {tf.n} candidates")
+    log(f"tasks {out}: {len(tasks)} synthesised from {tf.n} candidates"
+        + (f", {len(test)} more set aside in {test_file(out)}" if test else ""))
     return out
+
+
+def test_file(out: Path) -> Path:
+    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.stem
+    return out.with_name(stem + "-test.jsonl")
+
+
+def in_test_split(task_id: str, share: float) -> bool:
+    """A stable hash of the task id (salted apart from the validation split's)."""
+    import hashlib
+
+    h = hashlib.sha256(f"test:{task_id}".encode()).digest()
+    return share > 0 and int.from_bytes(h[:8], "big") / 2 ** 64 < share
 
 
 def select_checkpoint(cfg, run_dir: Path, every: int = 1, greedy: bool = True,

@@ -23,7 +23,7 @@ from sleuth.synth.generate import (GenStats, GraphConfig, LinkGraph, generate_br
                                    generate_lookups)
 from sleuth.synth.reasoning import KINDS, generate_reasoning
 from sleuth.synth.validate import (ClosedBookSolver, EvalIndex, Stage, SynthError, ToolSolver, all_benchmark_names,
-                                   check_closed_book, check_dedup, check_leak, check_pass_at_n, check_span,
+                                   check_closed_book, check_dedup, check_hops, check_leak, check_pass_at_n, check_span,
                                    check_unique, load_eval_questions, skipped)
 from sleuth.tasks.task import Task
 
@@ -63,6 +63,9 @@ class SynthConfig:
     """Highest with-tools solve rate kept (tasks always solved are too easy)."""
     program_timeout: float = 5.0
     """Seconds each reasoning program may run."""
+    hops_k: int = 0
+    """With a search engine: keep only bridges that need every hop, each findable in the top hops_k results
+    (validate.check_hops); 0 disables the stage. Runs before the model-backed stages."""
     limit: int | None = None
     """Keep at most this many tasks after the funnel."""
     progress: bool = True
@@ -78,6 +81,8 @@ class SynthConfig:
             raise ValueError(f"mix needs non-negative shares of bridge/comparison/reasoning/lookup, got {self.mix}")
         if not 0.0 <= self.pass_min <= self.pass_max <= 1.0:
             raise ValueError(f"need 0 <= pass_min <= pass_max <= 1, got {self.pass_min}, {self.pass_max}")
+        if self.hops_k < 0:
+            raise ValueError(f"hops_k must be >= 0, got {self.hops_k}")
         if self.pass_n < 0:
             raise ValueError(f"pass_n must be >= 0, got {self.pass_n}")
 
@@ -164,11 +169,12 @@ def synthesize(corpus: str | Path | Iterable[Passage], cfg: SynthConfig | None =
                closed_book_solver: ClosedBookSolver | None = None, tool_solver: ToolSolver | None = None, *,
                rewriter: Callable[[Task], str | None] | None = None,
                eval_questions: list[tuple] | None = None,
-               graph: LinkGraph | None = None) -> tuple[list[Task], Funnel]:
+               graph: LinkGraph | None = None, search_engine: Any = None) -> tuple[list[Task], Funnel]:
     """Generate candidates from the corpus and run the validation funnel.
 
     ``eval_questions`` ((id, question[, answers]) tuples) replaces loading ``cfg.eval_sets``; ``graph`` reuses a
-    link graph already built from the same passages; ``rewriter`` (e.g. ``policy_rewriter(policy)``)
+    link graph already built from the same passages; ``search_engine`` (the index the agent will search) runs the
+    hops stage when ``cfg.hops_k`` is set; ``rewriter`` (e.g. ``policy_rewriter(policy)``)
     rephrases questions before validation, so a rewrite that leaks the answer is caught."""
     cfg = cfg or SynthConfig()
     cfg.check()
@@ -242,6 +248,16 @@ def synthesize(corpus: str | Path | Iterable[Passage], cfg: SynthConfig | None =
         names = [n for name in cfg.eval_sets for n in (all_benchmark_names() if name == "all" else [name])]
         eval_questions = load_eval_questions(names, warn=funnel.warnings.append)
     tasks, st = check_dedup(tasks, EvalIndex(eval_questions, cfg.dedup_threshold))
+    st.seconds = time.perf_counter() - s0
+    funnel.stages.append(st)
+
+    s0 = time.perf_counter()
+    if not cfg.hops_k:
+        tasks, st = skipped("hops", tasks, "disabled (hops_k=0)")
+    elif search_engine is None:
+        raise SynthError("the hops stage (hops_k > 0) needs the search engine of the index the agent will search")
+    else:
+        tasks, st = check_hops(tasks, search_engine, cfg.hops_k)
     st.seconds = time.perf_counter() - s0
     funnel.stages.append(st)
 

@@ -7,6 +7,8 @@ Stages, cheapest first (the model-backed ones run last so they only see survivor
   dedup       no evaluation question (or near-duplicate: token Jaccard >= threshold) enters training data
   closed_book a model without tools must NOT answer it (pluggable ``closed_book_solver``)
   pass_at_n   with tools the model solves it in some but not all of N attempts (``tool_solver``)
+  hops        (optional, with a search engine) a bridge needs its hops: searching the question does not show the
+              answer, each search shows the next entity, and searching the last entity shows the answer
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from sleuth.tasks.judges import cover_match
+from sleuth.synth.generate import surface_of
+from sleuth.tasks.judges import cover_match, mentions
 from sleuth.tasks.normalize import normalize_answer
 from sleuth.tasks.task import Task
 
@@ -355,6 +358,46 @@ def check_pass_at_n(tasks: list[Task], solver: ToolSolver, n: int, min_rate: flo
         return None
 
     return _run_stage("pass_at_n", tasks, verdict, f"n={n}, keep pass rate in [{min_rate}, {max_rate}]")
+
+
+def check_hops(tasks: list[Task], engine: Any, k: int, batch: int = 64) -> tuple[list[Task], Stage]:
+    """(f) with the real index: a bridge question must need every hop, and every hop must be findable.
+
+    Searching the question (top k titles and snippets) must not show the answer — else one search solves it
+    and the task teaches retrieval, not research; searching the question or the entity it names must show the
+    next (hidden) entity; searching each hidden entity must show the one after it, and searching the last one
+    must show the answer. The queries of that path are kept in ``metadata["search_path"]`` so evaluation can
+    tell whether an agent searched for the bridge entity. Tasks other than bridges pass unchanged."""
+    if k < 1:
+        raise ValueError(f"hops check needs k >= 1, got {k}")
+    bridges = [t for t in tasks if t.metadata.get("type") == "bridge" and len(t.metadata.get("supporting_titles", [])) >= 2]
+    bridge_ids = {id(t) for t in bridges}
+    queries = sorted({q for t in bridges for q in [t.question, *t.metadata["supporting_titles"]]})
+    shown: dict[str, str] = {}
+    for i in range(0, len(queries), batch):
+        chunk = queries[i:i + batch]
+        for q, resp in zip(chunk, engine.search_batch(chunk, k=k)):
+            shown[q] = " ".join(f"{r.title} {r.snippet}" for r in resp.results[:k])
+
+    def verdict(t: Task) -> str | None:
+        if id(t) not in bridge_ids:
+            return None
+        titles = t.metadata["supporting_titles"]
+        if mentions(shown[t.question], t.answers):
+            return "searching the question shows the answer"
+        first = t.question if mentions(shown[t.question], [surface_of(titles[1])]) else titles[0]
+        path = [first]
+        for cur, nxt in zip(titles[:-1], titles[1:]):
+            if not mentions(shown[path[-1]], [surface_of(nxt), nxt]):
+                return "a search does not show the next entity"
+            path.append(nxt)
+        if not mentions(shown[titles[-1]], t.answers):
+            return "searching the last entity does not show the answer"
+        t.metadata["search_path"] = path
+        return None
+
+    return _run_stage("hops", tasks, verdict, f"bridges need every hop and each hop is findable in the top {k} "
+                      "results; other tasks pass")
 
 
 # --------------------------------------------------------------------------------- evaluation questions

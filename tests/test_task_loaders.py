@@ -191,3 +191,13 @@ def test_dev_answers_stored_as_list_literals_are_unpacked():
     dev = {t.id: t for t in load_benchmark("dev")}
     assert dev["hotpotqa-dev300-35"].answers == ["October 1922"]
     assert not any(a.startswith("[") for t in dev.values() for a in t.answers)
+
+
+def test_a_task_file_written_by_sleuth_keeps_its_metadata_flat(tmp_path):
+    """Task.to_dict rows load back with the same metadata (hops, search path), not nested under "metadata"."""
+    t = Task(id="s1", question="When was the director of X born?", answers=["1918"], dataset="synth-bridge-2hop",
+             metadata={"hops": 2, "search_path": ["When was the director of X born?", "Pedro Lazaga"]})
+    f = tmp_path / "tasks.jsonl"
+    f.write_text(json.dumps(t.to_dict()) + "\n")
+    back = load_tasks(str(f))[0]
+    assert back.dataset == "synth-bridge-2hop" and back.metadata == t.metadata

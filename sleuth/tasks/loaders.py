@@ -471,8 +471,10 @@ def load_qa_file(path: str | Path, dataset: str | None = None) -> list[Task]:
             raise BenchmarkError(f"{where}: no answer for question {question[:80]!r}")
         idk, dk = _pick(row, ID_KEYS), _pick(row, DATASET_KEYS)
         tid = _clean(row[idk]) if idk is not None and _clean(row[idk]) else f"{path.stem}-{i}"
-        used = {qk, ak, idk, dk}
-        meta = {k: v for k, v in row.items() if k not in used and v not in (None, "")}
+        # a task file written by sleuth (Task.to_dict) keeps its metadata as a table of its own
+        nested = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+        used = {qk, ak, idk, dk, *(["metadata"] if nested else [])}
+        meta = {**nested, **{k: v for k, v in row.items() if k not in used and v not in (None, "")}}
         ds = _clean(row[dk]) if dk is not None and _clean(row[dk]) else dataset
         out.append(Task(id=tid, question=question, answers=answers, dataset=ds, metadata=meta))
     dup = len(out) - len({t.id for t in out})

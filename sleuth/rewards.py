@@ -47,6 +47,11 @@ class RewardConfig:
     """Weight of the answer's token F1 added to an INCORRECT trajectory's reward (0 = strict outcome only).
     A small model rarely hits the strict judge; F1 credit ranks its wrong answers (near miss > nonsense)
     so groups still carry signal. Kept below ``correct_reward`` so a correct answer always wins."""
+    recall_credit: float = 0.0
+    """Added to an INCORRECT trajectory's reward when a gold answer occurs in what the agent was shown (its
+    observations): a retrieval-recall term, 0 = pure outcome reward. On a bridge the answer only shows up after
+    the search for the hidden entity, so the term rewards the second hop before the policy can read it off.
+    Kept below ``correct_reward`` (with ``partial_credit``) so a correct answer always wins."""
     require_evidence: bool = False
     """Count an answer as correct (and give it partial credit) only if it occurs in a search result or page
     the agent was shown during the trajectory (``traj.evidence_url``). Without it a small policy
@@ -61,18 +66,34 @@ class RewardConfig:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if not 0.0 <= self.partial_credit < self.correct_reward - self.incorrect_reward:
             raise ValueError("partial_credit must be in [0, correct_reward - incorrect_reward)")
+        if self.recall_credit < 0 or self.partial_credit + self.recall_credit >= self.correct_reward - self.incorrect_reward:
+            raise ValueError("recall_credit must be >= 0 and partial_credit + recall_credit below "
+                             "correct_reward - incorrect_reward")
         if self.format_penalty < 0 or self.format_penalty_cap < 0 or self.budget_penalty < 0:
             raise ValueError("penalties must be >= 0 (they are subtracted)")
 
 
-def outcome_reward(traj: Trajectory, correct: bool, cfg: RewardConfig | None = None, f1: float = 0.0) -> float:
-    """The scalar reward of one finished trajectory (``f1``: its answer's token F1, for partial credit)."""
+def outcome_reward(traj: Trajectory, correct: bool, cfg: RewardConfig | None = None, f1: float = 0.0,
+                   recalled: bool = False) -> float:
+    """The scalar reward of one finished trajectory (``f1``: its answer's token F1, for partial credit;
+    ``recalled``: a gold answer was in its observations, for the recall credit)."""
     cfg = cfg or RewardConfig()
-    r = cfg.correct_reward if correct else cfg.incorrect_reward + cfg.partial_credit * float(f1)
+    r = (cfg.correct_reward if correct else
+         cfg.incorrect_reward + cfg.partial_credit * float(f1) + cfg.recall_credit * float(recalled))
     r -= min(traj.format_errors * cfg.format_penalty, cfg.format_penalty_cap)
     if traj.finish_reason in BUDGET_REASONS:
         r -= cfg.budget_penalty
     return float(r)
+
+
+def gold_shown(traj: Trajectory) -> bool:
+    """Whether a gold answer occurs in one of the observations of the transcript — what the agent was shown,
+    whatever it answered (retrieval recall)."""
+    from sleuth.tasks.judges import mentions
+
+    obs = " ".join(str(m.get("content") or "") for m in traj.messages
+                   if m.get("role") == "tool" or (m.get("role") == "user" and "<observation>" in str(m.get("content"))))
+    return bool(traj.gold) and mentions(obs, traj.gold)
 
 
 def grounded(traj: Trajectory) -> bool:
@@ -89,11 +110,13 @@ def score(traj: Trajectory, judged_correct: bool, cfg: RewardConfig | None = Non
     """
     cfg = cfg or RewardConfig()
     shown = grounded(traj)
+    recalled = gold_shown(traj)
     ok = shown or not cfg.require_evidence
     correct = bool(judged_correct) and ok
-    traj.judgement = Judgement(correct=correct, reward=outcome_reward(traj, correct, cfg, f1=f1 if ok else 0.0),
-                               judged_correct=bool(judged_correct), grounded=shown, em=float(em), f1=float(f1),
-                               cover=float(cover))
+    traj.judgement = Judgement(correct=correct, reward=outcome_reward(traj, correct, cfg, f1=f1 if ok else 0.0,
+                                                                      recalled=recalled),
+                               judged_correct=bool(judged_correct), grounded=shown, recalled=recalled, em=float(em),
+                               f1=float(f1), cover=float(cover))
     return traj.judgement
 
 

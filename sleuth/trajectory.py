@@ -74,6 +74,7 @@ class Judgement:
     reward: float                  # the outcome reward, before gamma-decay spreads it over the steps
     judged_correct: bool = False   # the judge's verdict alone
     grounded: bool = False         # the answer occurs in something the agent was shown (``evidence_url``)
+    recalled: bool = False         # a gold answer occurs in the agent's observations (retrieval recall)
     em: float = 0.0
     f1: float = 0.0
     cover: float = 0.0

@@ -132,6 +132,29 @@ def test_partial_credit_ranks_wrong_answers_below_any_correct_one():
         RewardConfig(partial_credit=1.0)
 
 
+def test_recall_credit_rewards_a_wrong_answer_only_when_the_gold_was_shown():
+    from sleuth.tasks.judges import make_judge
+
+    cfg = RewardConfig(recall_credit=0.2)
+
+    def judged(observation: str, answer: str):
+        t = make_traj([[10]])
+        t.messages = [{"role": "user", "content": "Which river flows through Paris?"},
+                      {"role": "assistant", "content": "<search>Paris</search>"},
+                      {"role": "user", "content": f"<observation>\n{observation}\n</observation>"}]
+        t.answer = answer
+        return judge_trajectory(t, ["Seine"], make_judge("cover"), cfg)
+
+    shown = judged("Paris is on the river Seine.", "Loire")
+    assert shown.recalled and not shown.correct and shown.reward == pytest.approx(0.2)
+    unseen = judged("Paris is the capital of France.", "Loire")
+    assert not unseen.recalled and unseen.reward == 0.0
+    assert judged("Paris is on the river Seine.", "Seine").reward == 1.0     # never adds to a correct answer
+    assert judge_trajectory(make_traj([[10]]), ["Seine"], make_judge("cover")).reward == 0.0  # off by default
+    with pytest.raises(ValueError):
+        RewardConfig(partial_credit=0.5, recall_credit=0.5)
+
+
 def test_token_logprobs_use_the_sampling_temperature():
     """The trainer scores the tempered distribution the rollouts sampled from: log softmax(z / T)."""
     model = tiny_llama(seed=5)

@@ -371,6 +371,8 @@ def _rollout_metrics(trajs) -> dict[str, float]:
         "blocked_actions_per_traj": sum(t.blocked_actions for t in trajs) / n,   # outside-world attempts only
         "answered_rate": sum(t.answer is not None for t in trajs) / n,
         "search_rate": sum(bool(t.queries) for t in trajs) / n,
+        "multi_search_rate": sum(sum(c.tool == "search" for c in t.tool_calls) >= 2 for t in trajs) / n,
+        "recall_rate": sum(j.recalled for j in judged) / n,   # a gold answer was in the observations
         "browse_rate": sum(bool(t.urls_opened) for t in trajs) / n,
         "judged_correct": len(ok) / n,     # strict judge alone (accuracy above also needs grounding if required)
         "grounded_rate": sum(j.grounded for j in judged) / n,

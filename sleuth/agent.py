@@ -134,6 +134,9 @@ PROMPTS = {
     # two worked examples (a one-search lookup, then a two-search bridge) whose observations have exactly
     # the search tool's format, so the example shows where in a real result the answer sits
     "short-2shot": ("system_short.md", "example_2shot.json"),
+    # a lookup, then a bridge whose first result names the hidden entity (with a year that is not the answer)
+    # and whose second search finds it: the research pattern of the synthesised multi-hop tasks
+    "short-bridge": ("system_short.md", "example_bridge.json"),
     # every tool taught: a cited lookup, a bridge read with browse/find, a computation with code
     "tools": ("system_teach.md", None),
     "tools-3shot": ("system_teach.md", "example_tools.json"),

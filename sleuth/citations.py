@@ -103,7 +103,7 @@ def verify(cites: list[dict], seen: dict[str, str],
 
 def unseen_citations(traj: Trajectory) -> list[Citation]:
     """An independent audit of a finished trajectory: its citations whose quote occurs in none of the
-    observations in its transcript (what the model was actually shown). Must always be empty."""
-    shown = _norm(" ".join(str(m.get("content") or "") for m in traj.messages
-                           if m.get("role") in ("user", "tool") and "<observation>" in str(m.get("content"))))
+    observations in its transcript (what the model was actually shown; the prompt's worked examples are not).
+    Must always be empty."""
+    shown = _norm(" ".join(traj.observations()))
     return [c for c in traj.citations if _norm(c.quote) not in shown]

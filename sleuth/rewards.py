@@ -91,9 +91,7 @@ def gold_shown(traj: Trajectory) -> bool:
     whatever it answered (retrieval recall)."""
     from sleuth.tasks.judges import mentions
 
-    obs = " ".join(str(m.get("content") or "") for m in traj.messages
-                   if m.get("role") == "tool" or (m.get("role") == "user" and "<observation>" in str(m.get("content"))))
-    return bool(traj.gold) and mentions(obs, traj.gold)
+    return bool(traj.gold) and mentions(" ".join(traj.observations()), traj.gold)
 
 
 def grounded(traj: Trajectory) -> bool:

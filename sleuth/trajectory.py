@@ -125,6 +125,14 @@ class Trajectory:
     def versions(self) -> set[int]:
         return {v for s in self.segments for v in s.versions if v >= 0}
 
+    def observations(self) -> list[str]:
+        """The observations of this run as the transcript holds them — only those after the question, so a
+        prompt's worked examples never count as something the agent was shown."""
+        start = max((i for i, m in enumerate(self.messages)
+                     if m.get("role") == "user" and m.get("content") == self.question), default=-1)
+        return [str(m.get("content") or "") for m in self.messages[start + 1:]
+                if m.get("role") == "tool" or (m.get("role") == "user" and "<observation>" in str(m.get("content")))]
+
     def stats(self) -> dict[str, Any]:
         return {
             "steps": self.steps,

@@ -337,3 +337,20 @@ def test_saving_never_fails_on_text_content(tmp_path):
     back = list(load_jsonl(path))
     assert back[0].to_dict() == traj.to_dict() and back[1].question == "plain é"
     assert "é" in path.read_text(encoding="utf-8")        # other text stays readable UTF-8
+
+
+def test_citation_audit_counts_only_this_runs_observations():
+    """A quote that only the prompt's worked example showed is unseen; one from this run's observation is not
+    (chat observations as tool messages count too)."""
+    from sleuth.citations import unseen_citations
+    from sleuth.trajectory import Citation, Trajectory
+
+    t = Trajectory(question="When was Ada born?")
+    t.messages = [{"role": "user", "content": "When was Marta Olsen born?"},
+                  {"role": "user", "content": "<observation>\nMarta Olsen (born 3 April 1962) is a painter.\n</observation>"},
+                  {"role": "user", "content": t.question},
+                  {"role": "tool", "content": "Ada Lovelace (born 10 December 1815) was a mathematician."}]
+    example = Citation(1, "corpus://example/olsen", "Marta Olsen (born 3 April 1962) is a painter.")
+    real = Citation(2, "corpus://p/ada", "Ada Lovelace (born 10 December 1815) was a mathematician.")
+    t.citations = [example, real]
+    assert unseen_citations(t) == [example]

@@ -149,6 +149,15 @@ def test_recall_credit_rewards_a_wrong_answer_only_when_the_gold_was_shown():
     assert shown.recalled and not shown.correct and shown.reward == pytest.approx(0.2)
     unseen = judged("Paris is the capital of France.", "Loire")
     assert not unseen.recalled and unseen.reward == 0.0
+    # the prompt's worked example is not something this run was shown
+    t = make_traj([[10]])
+    t.question = "Which river flows through Paris?"
+    t.messages = [{"role": "user", "content": "Which river flows through Rouen?"},
+                  {"role": "user", "content": "<observation>\nRouen is on the Seine.\n</observation>"},
+                  {"role": "user", "content": t.question},
+                  {"role": "user", "content": "<observation>\nParis is the capital of France.\n</observation>"}]
+    t.answer = "Loire"
+    assert not judge_trajectory(t, ["Seine"], make_judge("cover"), cfg).recalled
     assert judged("Paris is on the river Seine.", "Seine").reward == 1.0     # never adds to a correct answer
     assert judge_trajectory(make_traj([[10]]), ["Seine"], make_judge("cover")).reward == 0.0  # off by default
     with pytest.raises(ValueError):

@@ -18,14 +18,17 @@ from sleuth import safety
 from sleuth.protocol import Action
 
 
-class ToolRefused(Exception):
-    pass
+def _refuse(message: str) -> None:
+    # the SDK's ToolError: the client gets the message as an is_error result (other exceptions are hidden)
+    from mcp.server.mcpserver.exceptions import ToolError
+
+    raise ToolError(message)
 
 
 def _guarded(tool: str, args: dict[str, Any]) -> None:
     verdict = safety.check(Action(tool, args))
     if not verdict.allowed:
-        raise ToolRefused(f"refused by sleuth's safety interceptor: {verdict.reason}")
+        _refuse(f"refused by sleuth's safety interceptor: {verdict.reason}")
 
 
 def create_server(env: Any, name: str = "sleuth"):
@@ -42,7 +45,7 @@ def create_server(env: Any, name: str = "sleuth"):
 
     def result_text(res) -> str:
         if not res.ok:
-            raise ToolRefused(res.text)
+            _refuse(res.text)
         return res.text
 
     if search_tool is not None:

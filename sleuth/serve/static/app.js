@@ -168,7 +168,7 @@ async function finished(runId) {
       list.append(li);
     }
     const s = r.stats || {};
-    $("answer-note").textContent = (r.citations || []).length ? `${s.steps} steps, ${s.search_queries} queries, ${s.urls_opened} pages opened`
+    $("answer-note").textContent = (r.citations || []).length ? `${s.steps} step${s.steps === 1 ? "" : "s"}, ${s.search_queries} search quer${s.search_queries === 1 ? "y" : "ies"}, ${s.urls_opened} page${s.urls_opened === 1 ? "" : "s"} opened`
       : "No citation: the answer occurs in nothing the agent was shown.";
   } else if (run.error) {
     $("answer").hidden = false;

@@ -53,7 +53,7 @@ function describe(kind, d) {
     case "section": return d.title || d.heading || "";
     case "stage": return d.stage || d.name || JSON.stringify(d);
     case "answer": return d.answer || "(no answer)";
-    default: return JSON.stringify(d).slice(0, 300);
+    default: { const rest = Object.assign({}, d); delete rest.ts; return JSON.stringify(rest).slice(0, 300); }
   }
 }
 

@@ -141,7 +141,8 @@ def extra_tools_prompt(tools: list[Tool]) -> str:
     for t in tools:
         props = t.parameters.get("properties", {})
         example = "{" + ", ".join(f'"{k}": ...' for k in props) + "}"
-        lines.append(f"<{t.name}>{example}</{t.name}> {t.description.strip().splitlines()[0] if t.description else ''}".rstrip())
+        about = t.description.strip().splitlines()[0] if t.description.strip() else ""
+        lines.append(f"<{t.name}>{example}</{t.name}> {about}".rstrip())
     return "\n".join(lines)
 
 
@@ -277,7 +278,8 @@ class Agent:
         self.prefix = load_prompt(self.cfg.prompt, env.tool_names, native=self.native)
         self.extra = [t for t in env.extras() if t.name not in protocol.SYNTAX]
         if self.extra and not self.native:   # tools from elsewhere, shown in the action format the model writes
-            self.prefix[0] = {**self.prefix[0], "content": self.prefix[0]["content"] + "\n\n" + extra_tools_prompt(self.extra)}
+            system = self.prefix[0]["content"] + "\n\n" + extra_tools_prompt(self.extra)
+            self.prefix[0] = {**self.prefix[0], "content": system}
         if self.token_mode:
             self.tok = policy.tokenizer
             self.glue = ChatGlue(self.tok)
@@ -353,7 +355,8 @@ class Agent:
     def _loop_tokens(self, runs: list[_Run], budget: Budget) -> None:
         cfg = self.cfg
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                top_p=cfg.top_p, stop=list(protocol.STOP_STRINGS) + [f"</{t.name}>" for t in self.extra])
+                                top_p=cfg.top_p,
+                                stop=list(protocol.STOP_STRINGS) + [f"</{t.name}>" for t in self.extra])
         t0, generated = time.time(), 0
         for r in runs:
             r.traj.started = time.time()

@@ -266,7 +266,7 @@ def test_clarifying_questions_wait_for_answers(client):
     ok = client.post(f"/api/runs/{run['id']}/answers", json={"answers": ["1800s", "short"]})
     assert ok.status_code == 200
     done = wait_status(client, run["id"], ("done",), 30)
-    assert done["result"]["answer"] == "told: 1800s / short"
+    assert done["result"]["answer"] == "told: 1800s / short" and done["attempts"] == 1
     again = client.post(f"/api/runs/{run['id']}/answers", json={"answers": ["x"]})
     assert again.status_code == 409
 
@@ -297,7 +297,8 @@ def test_malformed_and_oversized_requests_get_clear_4xx_and_lose_nothing(client)
         err = r.json()["error"]
         assert err["code"] == code and err["message"], r.text
     # a chunked upload with no Content-Length is counted as it arrives
-    r = client.post("/api/runs", content=iter([b"{" + b" " * 100_000] * 4), headers={"content-type": "application/json"})
+    r = client.post("/api/runs", content=iter([b"{" + b" " * 100_000] * 4),
+                    headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert client.get("/api/runs/doesnotexist").status_code == 404
     assert client.get("/api/runs", params={"limit": 0}).status_code == 400
@@ -309,10 +310,16 @@ def test_malformed_and_oversized_requests_get_clear_4xx_and_lose_nothing(client)
     assert wait_status(client, ok["id"], ("cancelled",))["status"] == "cancelled"
 
 
-def test_token_host_and_rate_limits(tmp_path):
+def test_token_host_and_rate_limits(tmp_path, env):
+    import anyio
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
     from sleuth.serve.security import SecurityConfig
 
-    srv = service(tmp_path / "runs.db", security=SecurityConfig(token="s3cret", burst=8, rate_per_s=0.5))
+    srv = service(tmp_path / "runs.db", env=env, mcp=True,
+                  security=SecurityConfig(token="s3cret", burst=12, rate_per_s=0.5))
     try:
         with httpx.Client(base_url=srv.url, timeout=30) as c:
             for path in ("/api/runs", "/api/health", "/v1/models", "/mcp"):
@@ -324,6 +331,12 @@ def test_token_host_and_rate_limits(tmp_path):
             assert c.get("/").status_code == 200 and c.get("/static/app.js").status_code == 200   # the page is public
             assert c.get("/api/health", headers={"Host": "evil.example:80"}).status_code == 421   # DNS rebinding
             auth = {"Authorization": "Bearer s3cret"}
+
+            async def mcp_with_token():
+                async with httpx2.AsyncClient(headers=auth) as http, \
+                        Client(streamable_http_client(srv.url + "/mcp", http_client=http)) as mc:
+                    return sorted(t.name for t in (await mc.list_tools()).tools)
+            assert anyio.run(mcp_with_token) == ["browse", "code", "search"]
             codes = [c.get("/api/health", headers=auth).status_code for _ in range(12)]
             assert codes[:5] == [200] * 5 and codes[-1] == 429, codes
             r = c.get("/api/health", headers=auth)
@@ -432,8 +445,8 @@ def test_a_run_that_keeps_killing_the_server_is_marked_interrupted(tmp_path):
     run = store.create("wait", {}, "w")
     other = store.create("gone", {}, "g")
     for _ in range(3):           # three starts, each killed mid-run
-        store.set_status(run.id, "running")
-    store.set_status(other.id, "running")
+        store.set_status(run.id, "running", start=True)
+    store.set_status(other.id, "running", start=True)
     registry.kinds.pop("gone")   # a kind this server no longer has
     assert RunManager(store, registry).recover() == {"requeued": 0, "restarted": 0, "interrupted": 2}
     assert store.get(run.id).status == "interrupted" and "3 times" in store.get(run.id).error
@@ -655,3 +668,41 @@ def test_report_runs_against_the_documented_report_api(monkeypatch, tmp_path, br
     finally:
         page.close()
         srv.close()
+
+
+# ------------------------------------------------------------------------------------------ batching
+def test_concurrent_generations_share_batched_calls_and_keep_their_rows():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sleuth.policy.base import Generation, SamplingParams
+    from sleuth.serve.batching import BatchingPolicy
+
+    class Echo:
+        """Answers each prompt with its own ids reversed; records the batches it was given."""
+        name, tokenizer, version = "echo", None, 3
+
+        def __init__(self):
+            self.batches = []
+
+        def generate(self, prompts, params):
+            if any(p == [666] for p in prompts):
+                raise ValueError("bad prompt")
+            self.batches.append(len(prompts))
+            time.sleep(0.05)
+            return [Generation(p[::-1], [0.0] * len(p), str(p[::-1]), "stop") for p in prompts]
+
+    echo = Echo()
+    shared = BatchingPolicy(echo, window_s=0.05)
+    params = SamplingParams(max_new_tokens=4)
+    requests = [[[i, i + 1]] * (1 + i % 2) for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda p: shared.generate(p, params), requests))
+    assert [[g.token_ids for g in out] for out in outs] == [[p[::-1] for p in req] for req in requests]
+    assert sum(echo.batches) == 12 and len(echo.batches) < 8          # merged into fewer, larger calls
+    assert shared.version == 3 and shared.name == "echo"
+    with ThreadPoolExecutor(2) as pool:     # a failing request fails alone
+        bad = pool.submit(shared.generate, [[666]], params)
+        good = pool.submit(shared.generate, [[1, 2]], params)
+        with pytest.raises(ValueError):
+            bad.result()
+        assert good.result()[0].token_ids == [2, 1]

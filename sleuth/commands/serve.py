@@ -95,7 +95,8 @@ def register(app: typer.Typer) -> None:
                             security=SecurityConfig(token=token, max_body_bytes=max_body, rate_per_s=rate,
                                                     burst=burst, loopback_only_hosts=is_loopback(host)))
         asgi, manager = build(registry, cfg, openai_app, mcp_server)
-        console.print(f"sleuth serving {policy.name} on http://{host}:{port}/ — runs: {', '.join(sorted(registry.kinds))}"
+        kinds = ", ".join(sorted(registry.kinds))
+        console.print(f"sleuth serving {policy.name} on http://{host}:{port}/ — runs: {kinds}"
                       f"; db {cfg.db}" + (f"; OpenAI API at http://{host}:{port}/v1" if openai else "")
                       + (f"; MCP at http://{host}:{port}/mcp" if mcp else ""))
         try:

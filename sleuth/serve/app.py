@@ -137,7 +137,8 @@ def create_api(manager: RunManager, cfg: ServiceConfig, lifespan=None) -> FastAP
             return error(400, "the body must be a JSON object {kind, params}", "invalid_request")
         unknown = sorted(set(body) - {"kind", "params"})
         if unknown:
-            return error(400, f"unknown field {unknown[0]!r} (a run is {{kind, params}})", "invalid_request", unknown[0])
+            return error(400, f"unknown field {unknown[0]!r} (a run is {{kind, params}})", "invalid_request",
+                         unknown[0])
         kind = body.get("kind", "ask")
         if not isinstance(kind, str):
             return error(400, "'kind' must be a string", "invalid_request", "kind")

@@ -39,8 +39,9 @@ def create_server(env: Any, name: str = "sleuth"):
     from sleuth.tools.code import CodeTool
     from sleuth.tools.search import SearchTool
 
-    server = MCPServer(name, log_level="WARNING", instructions="Research tools: search a passage index, read pages by URL "
-                                          "(corpus://... from search results), run offline Python.")
+    server = MCPServer(name, log_level="WARNING",
+                       instructions="Research tools: search a passage index, read pages by URL "
+                                    "(corpus://... from search results), run offline Python.")
     search_tool = SearchTool(env.search_engine, k_per_query=env.search_k) if env.search_engine is not None else None
 
     def result_text(res) -> str:

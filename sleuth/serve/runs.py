@@ -261,7 +261,7 @@ class RunManager:
         kind = self.registry.kinds[run.kind]
         cancel = threading.Event()
         self._cancels[run.id] = cancel
-        self.store.set_status(run.id, "running", attempt=run.attempts + 1)
+        self.store.set_status(run.id, "running", start=True, attempt=run.attempts + 1)
         self._notify(run.id)
         emit = Emitter(self, run.id, cancel)
         t0 = time.monotonic()
@@ -276,8 +276,6 @@ class RunManager:
                 self._notify(run.id)
             self._cancels.pop(run.id, None)
             return
-        finally:
-            pass
         self._cancels.pop(run.id, None)
         if self.stopping and cancel.is_set():
             return                # left unfinished on purpose: the next start resumes or marks it

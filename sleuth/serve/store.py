@@ -151,11 +151,12 @@ class Store:
         return ("INSERT INTO events (run_id, seq, ts, kind, data) SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, 'status', ? "
                 "FROM events WHERE run_id = ?", (run_id, time.time(), _dumps({"status": status, **extra}), run_id))
 
-    def set_status(self, run_id: str, status: str, **extra: Any) -> None:
+    def set_status(self, run_id: str, status: str, start: bool = False, **extra: Any) -> None:
+        """``start``: the run begins an attempt (its start time and attempt count change)."""
         assert status in STATUSES, status
         sets = "status = ?"
         args: list[Any] = [status]
-        if status == "running":
+        if start:
             sets += ", started = ?, attempts = attempts + 1"
             args.append(time.time())
         self._tx([(f"UPDATE runs SET {sets} WHERE id = ?", (*args, run_id)),

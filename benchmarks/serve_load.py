@@ -78,17 +78,22 @@ def follow(base: str, run_id: str, out: dict) -> None:
     """Read a run's SSE stream to its end; record the ids delivered and when the first and last came."""
     ids, t0, first = [], time.perf_counter(), None
     with httpx.Client(base_url=base, timeout=None) as c, c.stream("GET", f"/api/runs/{run_id}/stream") as r:
-        kind = None
+        block: dict[str, str] = {}
         for line in r.iter_lines():
-            if line.startswith("event: "):
-                kind = line[7:]
-            elif line.startswith("id: ") and kind != "end":
-                ids.append(int(line[4:]))
-                first = first or time.perf_counter() - t0
-            elif line.startswith("data: ") and kind == "end":
+            if line:
+                key, _, value = line.partition(": ")
+                block[key] = value
+                continue
+            if "event" not in block:          # a keepalive comment
+                block = {}
+                continue
+            if block["event"] == "end":
                 out[run_id] = {"ids": ids, "first_event_s": first, "end_s": time.perf_counter() - t0,
-                               "end": json.loads(line[6:])}
+                               "end": json.loads(block["data"])}
                 return
+            ids.append(int(block["id"]))
+            first = first or time.perf_counter() - t0
+            block = {}
     out[run_id] = {"ids": ids, "first_event_s": first, "end_s": None, "end": None}
 
 
@@ -147,6 +152,7 @@ def one_setting(n: int, concurrency: int, limit_s: float, workdir: Path) -> dict
         log.close()
     final = [r for r in runs if r["status"] in ("done", "failed", "cancelled", "interrupted")]
     delivered = sum(len(streams.get(rid, {}).get("ids", [])) for rid in run_ids)
+    duplicated = sum(len(s["ids"]) - len(set(s["ids"])) for s in streams.values())
     stored_n = sum(len(v) for v in stored.values())
     missing = sum(len(set(stored[rid]) - set(streams.get(rid, {}).get("ids", []))) for rid in run_ids)
     answered = [r for r in runs if r["status"] == "done" and (r.get("result") or {}).get("answer")]
@@ -159,6 +165,7 @@ def one_setting(n: int, concurrency: int, limit_s: float, workdir: Path) -> dict
         "answered": len(answered),
         "cited": sum(bool(r["result"].get("citations")) for r in answered),
         "events_stored": stored_n, "events_delivered": delivered, "events_missing_from_streams": missing,
+        "events_delivered_twice": duplicated,
         "first_event_s_p50": round(statistics.median([s["first_event_s"] for s in streams.values()
                                                       if s.get("first_event_s") is not None] or [0]), 3),
         "run_seconds_p50": round(statistics.median([r["result"]["seconds"] for r in runs

@@ -72,8 +72,7 @@ def register(app: typer.Typer) -> None:
                     from sleuth.tools.mcp import MCPToolbox
 
                     extra_tools = MCPToolbox.connect(mcp_tools)
-                env = Environment.from_index(index, engine=engine, search_k=run["search_k"],
-                                             **({"extra_tools": extra_tools} if extra_tools else {}))
+                env = Environment.from_index(index, engine=engine, search_k=run["search_k"], extra_tools=extra_tools)
         except (FileNotFoundError, ValueError, OSError) as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(2)

@@ -3,7 +3,8 @@
 Two run kinds besides ``ask`` are registered by these tests to drive the service's own machinery
 deterministically (a run that waits to be cancelled, one that asks clarifying questions); every ``ask`` run
 is the real agent with the shipped trained policy. The restart test runs ``sleuth serve`` as a subprocess
-with a tiny random model (the same tokenizer and chat template) and kills it with SIGKILL.
+with a tiny random model (the same tokenizer and chat template), kills it with SIGKILL mid-run, and starts
+the service again on the same database.
 """
 
 from __future__ import annotations
@@ -368,9 +369,10 @@ def tiny_model(path: Path) -> Path:
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
-    # short replies and a short prompt: each step is a fraction of a second
+    # a short prompt, and replies long enough (a random model almost never samples eos) that a 4-step run lasts
+    # well over a second: it is surely still running a moment after it starts
     (path / "sleuth_version.json").write_text(json.dumps({"version": 0, "name": "tiny-random", "agent": {
-        "prompt": "short", "max_steps": 4, "max_new_tokens": 12, "search_k": 3}}))
+        "prompt": "short", "max_steps": 4, "max_new_tokens": 150, "search_k": 3}}))
     return path
 
 
@@ -396,42 +398,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_kill_9_loses_no_finished_run_and_resumes_the_rest(home, tmp_path):
+def restarted_service(model: Path, env, db: Path) -> Live:
+    """The service as `sleuth serve` builds it (default registry, batching policy), in this process."""
+    from sleuth.policy.loader import load_policy
+    from sleuth.serve.app import ServiceConfig, build
+    from sleuth.serve.batching import BatchingPolicy
+    from sleuth.serve.runners import default_registry
+    from sleuth.serve.runners.ask import AskSettings
+
+    policy = BatchingPolicy(load_policy(str(model)))
+    s = policy.agent_settings
+    registry = default_registry(policy, env, AskSettings(max_steps=s["max_steps"], prompt=s["prompt"],
+                                                         max_new_tokens=s["max_new_tokens"]), db.parent)
+    return Live(*build(registry, ServiceConfig(db=db, concurrency=1)))
+
+
+def test_kill_9_loses_no_finished_run_and_resumes_the_rest(home, env, tmp_path):
     model, db, port = tiny_model(tmp_path / "tiny"), tmp_path / "runs.db", free_port()
     log = open(tmp_path / "server.log", "w")
     proc = start_server(home, model, db, port, log)
+    srv = None
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
-            first = submit(c, question="Where was Jane Austen born?", max_steps=2)
+            first = submit(c, question="Where was Jane Austen born?", max_steps=1)
             done = wait_status(c, first["id"], ("done",), 120)
-            second = submit(c, question="Who wrote Pride and Prejudice?", max_steps=3)
-            third = submit(c, question="Where is Steventon?", max_steps=2)
+            second = submit(c, question="Who wrote Pride and Prejudice?", max_steps=4)
+            third = submit(c, question="Where is Steventon?", max_steps=1)
             wait_status(c, second["id"], ("running",), 60)
             assert c.get(f"/api/runs/{third['id']}").json()["status"] == "queued"
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)      # mid-run: the second run is in the first of its 4 steps
         proc.wait(30)
 
-        proc = start_server(home, model, db, port, log)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+        srv = restarted_service(model, env, db)
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
             health = c.get("/api/health").json()
             assert health["recovered"] == {"requeued": 1, "restarted": 1, "interrupted": 0}
             kept = c.get(f"/api/runs/{first['id']}").json()
             assert kept["status"] == "done" and kept["result"] == done["result"]          # finished: untouched
+            assert kept["result"]["finish_reason"] == "max_steps" and kept["attempts"] == 1
             assert c.get(f"/api/runs/{first['id']}/trajectories").json()["trajectories"]
             for run in (second, third):
                 after = wait_status(c, run["id"], ("done",), 120)
-                assert after["result"]["finish_reason"] in ("max_steps", "finish", "context")
+                assert after["result"]["finish_reason"] == "max_steps"
             events = c.get(f"/api/runs/{second['id']}/events").json()["events"]
             statuses = [e["data"]["status"] for e in events if e["kind"] == "status"]
             assert statuses == ["queued", "running", "queued", "running", "done"]
             note = next(e["data"]["note"] for e in events if e["kind"] == "status" and e["data"].get("note"))
             assert "stopped during this run" in note
             assert c.get(f"/api/runs/{second['id']}").json()["attempts"] == 2
+            assert c.get(f"/api/runs/{third['id']}").json()["attempts"] == 1
             assert len(c.get("/api/runs").json()["runs"]) == 3
     finally:
         proc.kill()
         proc.wait(30)
         log.close()
+        if srv is not None:
+            srv.close()
 
 
 def test_a_run_that_keeps_killing_the_server_is_marked_interrupted(tmp_path):

@@ -83,8 +83,13 @@ def make_runner(policy: Any, env: Any, settings: ReportSettings):
 
         run_dir = settings.runs_dir / emit.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        report = run_report(request, policy=policy, env=env, cfg=cfg, run_dir=run_dir, answers=answers,
-                            on_event=on_event, cancel=cancel)
+        try:
+            report = run_report(request, policy=policy, env=env, cfg=cfg, run_dir=run_dir, answers=answers,
+                                on_event=on_event, cancel=cancel)
+        except Exception:
+            if cancel.is_set():   # however the writer stops when cancelled, the run counts as cancelled
+                raise Cancelled()
+            raise
         if cancel.is_set():
             raise Cancelled()
         body = report.to_dict()

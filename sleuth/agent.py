@@ -58,13 +58,20 @@ class Environment:
     """Shared tool resources (index, web fetcher, sandbox limits); ``session()`` makes per-trajectory tools."""
 
     def __init__(self, search_engine=None, docstores: dict | None = None, fetcher=None,
-                 sandbox_config=None, search_k: int = 5, tools: tuple[str, ...] = ("search", "browse", "code")):
+                 sandbox_config=None, search_k: int = 5, tools: tuple[str, ...] = ("search", "browse", "code"),
+                 extra_tools: Any = None):
         self.search_engine = search_engine
         self.docstores = docstores or {}
         self.fetcher = fetcher
         self.sandbox_config = sandbox_config
         self.search_k = search_k
         self.tool_names = tools
+        # tools from elsewhere (e.g. MCP servers, sleuth.tools.mcp): a list of Tools or an object with tools()
+        self.extra_tools = extra_tools
+
+    def extras(self) -> list[Tool]:
+        t = self.extra_tools
+        return [] if t is None else list(t.tools() if hasattr(t, "tools") else t)
 
     @classmethod
     def from_index(cls, name: str | None = None, engine: str = "auto", online: bool = False, **kw) -> "Environment":
@@ -89,12 +96,16 @@ class Environment:
         if "code" in self.tool_names:
             from sleuth.tools.code import CodeTool
             tools["code"] = CodeTool(self.sandbox_config)
-        return ToolSession(tools)
+        extra = [t for t in self.extras() if t.name not in tools]
+        tools.update((t.name, t) for t in extra)
+        return ToolSession(tools, frozenset(t.name for t in extra))
 
 
 class ToolSession:
-    def __init__(self, tools: dict[str, Tool]):
+    def __init__(self, tools: dict[str, Tool], extra: frozenset[str] = frozenset()):
         self.tools = tools
+        self.extra = extra
+        """Names of the tools from elsewhere: the safety interceptor checks them as such."""
 
     def call(self, name: str, args: dict[str, Any]) -> ToolResult:
         tool = self.tools.get(name)
@@ -122,6 +133,17 @@ class ToolSession:
 
 
 # ------------------------------------------------------------------------------------------ prompts
+
+
+def extra_tools_prompt(tools: list[Tool]) -> str:
+    """Tools from elsewhere in the tag format: one line each, with the JSON arguments they take."""
+    lines = ["More tools you can use the same way, one per reply, with JSON arguments:"]
+    for t in tools:
+        props = t.parameters.get("properties", {})
+        example = "{" + ", ".join(f'"{k}": ...' for k in props) + "}"
+        about = t.description.strip().splitlines()[0] if t.description.strip() else ""
+        lines.append(f"<{t.name}>{example}</{t.name}> {about}".rstrip())
+    return "\n".join(lines)
 
 
 # Prompt variants: (system prompt file, worked-example file or None). Which one the untrained policy
@@ -257,6 +279,10 @@ class Agent:
         # native tool calls (a ChatPolicy that sends tools): actions are tool calls, never tags
         self.native = not self.token_mode and bool(getattr(policy, "native_tools", False))
         self.prefix = load_prompt(self.cfg.prompt, env.tool_names, native=self.native)
+        self.extra = [t for t in env.extras() if t.name not in protocol.SYNTAX]
+        if self.extra and not self.native:   # tools from elsewhere, shown in the action format the model writes
+            system = self.prefix[0]["content"] + "\n\n" + extra_tools_prompt(self.extra)
+            self.prefix[0] = {**self.prefix[0], "content": system}
         if self.token_mode:
             self.tok = policy.tokenizer
             self.glue = ChatGlue(self.tok)
@@ -332,7 +358,8 @@ class Agent:
     def _loop_tokens(self, runs: list[_Run], budget: Budget) -> None:
         cfg = self.cfg
         params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                top_p=cfg.top_p, stop=list(protocol.STOP_STRINGS))
+                                top_p=cfg.top_p,
+                                stop=list(protocol.STOP_STRINGS) + [f"</{t.name}>" for t in self.extra])
         t0, generated = time.time(), 0
         for r in runs:
             r.traj.started = time.time()
@@ -513,7 +540,7 @@ class Agent:
         """Run one action; returns the observation body, or None when the trajectory finished.
         ``hint`` ends a format error's observation (tags for text replies, tool names for native calls)."""
         traj, step = run.traj, run.traj.steps
-        verdict = None if isinstance(action, protocol.ParseError) else safety.check(action)
+        verdict = None if isinstance(action, protocol.ParseError) else safety.check(action, run.session.extra)
         if verdict is None or verdict.kind == "format":   # no action at all: a format error, never "blocked"
             if verdict is not None:   # an invented tag (<observation>, <response>): parsed, so not yet counted
                 traj.format_errors += 1

@@ -15,6 +15,7 @@ observation, never counts it as evidence or lets it be cited, and records the ev
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from sleuth.protocol import Action
@@ -47,8 +48,59 @@ class Verdict:
     tag the model invented, such as <observation>)."""
 
 
-def check(action: Action) -> Verdict:
+# Words in a tool's name that act on the outside world: a tool from elsewhere (an MCP server) named with one
+# of them ("send_email", "create_issue", "run_shell") is blocked even though the server offers it.
+_OUTSIDE_WORDS = {
+    "email", "mail", "send", "post", "tweet", "publish", "contact", "phone", "sms", "message", "dm", "buy",
+    "purchase", "pay", "payment", "order", "book", "transfer", "donate", "login", "signup", "submit", "upload",
+    "delete", "remove", "write", "create", "update", "edit", "insert", "drop", "exec", "execute", "shell",
+    "bash", "terminal", "ssh", "sudo", "http", "https", "curl", "wget", "request", "webhook", "deploy", "commit",
+    "push", "merge", "invite", "share", "notify", "schedule"}
+_CODE_ARGS = {"code", "script", "source", "program", "python", "command", "cmd"}
+_URL_LIKE = re.compile(r"^\s*[a-zA-Z][a-zA-Z0-9+.-]*:")
+
+
+def _name_words(name: str) -> list[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name)
+    return [w.lower() for w in re.split(r"[^a-zA-Z0-9]+", spaced) if w]
+
+
+def check_extra(action: Action) -> Verdict:
+    """A call of a tool from elsewhere (an MCP server): blocked when its name acts on the outside world, when an
+    argument is a URL the browser would refuse, or when a code argument reaches the network or starts programs."""
+    words = [w for w in _name_words(action.tool) if w in _OUTSIDE_WORDS]
+    if words:
+        return Verdict(False, f"{action.tool} acts outside the research world ({words[0]}); it is not run.",
+                       "blocked")
+
+    def strings(value, key=""):
+        if isinstance(value, str):
+            yield key, value
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                yield from strings(v, str(k))
+        elif isinstance(value, list):
+            for v in value:
+                yield from strings(v, key)
+
+    for key, text in strings(action.args):
+        if _URL_LIKE.match(text):
+            for pat, why in _URL_RULES:
+                if pat.search(text):
+                    return Verdict(False, f"{text[:80]} {why}; only reading pages is allowed.", "blocked")
+        if key.lower() in _CODE_ARGS:
+            for pat, why in _CODE_RULES:
+                m = pat.search(text)
+                if m:
+                    return Verdict(False, f"code that {why} ({m.group(0)}) is not allowed.", "blocked")
+    return Verdict(True)
+
+
+def check(action: Action, extra_tools: Collection[str] = ()) -> Verdict:
+    """``extra_tools``: names of tools from elsewhere offered to the agent (checked by ``check_extra``)."""
     tool = action.tool
+    if tool in extra_tools and tool not in RESEARCH_TOOLS:
+        return check_extra(action)
     if tool not in RESEARCH_TOOLS:
         if _OUTSIDE_TOOLS.match(tool):
             return Verdict(False, f"<{tool}> acts outside the research world; only search, browse, code and "

@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
         prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt variant (sleuth.agent.PROMPTS; "
                                              "default: the policy's training prompt, else short-fewshot)."),
         online: bool = typer.Option(False, "--online", help="Allow browsing real http(s) URLs."),
+        mcp_tools: list[str] = typer.Option([], "--mcp-tools", help="Also give the agent the tools of an MCP "
+                                            "server: a URL (streamable HTTP) or a command line (stdio). Repeatable."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         save: Optional[Path] = typer.Option(None, "--save", help="Trajectory JSONL (default: runs/ask.jsonl)."),
@@ -52,8 +54,14 @@ def register(app: typer.Typer) -> None:
             run = agent_settings(policy, {"max_steps": max_steps, "prompt": prompt},
                                  {"max_steps": 10, "prompt": "short-fewshot",
                                   "max_new_tokens": AgentConfig.max_new_tokens, "search_k": 5})
-            env = Environment.from_index(index, engine=engine, online=online, search_k=run["search_k"])
-        except (FileNotFoundError, ValueError) as e:
+            toolbox = None
+            if mcp_tools:
+                from sleuth.tools.mcp import MCPToolbox
+
+                toolbox = MCPToolbox.connect(mcp_tools)
+            env = Environment.from_index(index, engine=engine, online=online, search_k=run["search_k"],
+                                         extra_tools=toolbox)
+        except (FileNotFoundError, ValueError, OSError) as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(2)
         import torch
@@ -82,7 +90,11 @@ def register(app: typer.Typer) -> None:
         cfg = AgentConfig(max_steps=run["max_steps"], temperature=temperature, prompt=run["prompt"],
                           max_new_tokens=run["max_new_tokens"], context_window=context_window)
         agent = Agent(policy, env, cfg, on_event=show)
-        traj = agent.run(question)
+        try:
+            traj = agent.run(question)
+        finally:
+            if toolbox is not None:
+                toolbox.close()
         out = save or Path("runs") / "ask.jsonl"
         save_jsonl([traj], out)
         if as_json:

@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1)
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--max-steps", type=int, default=6)
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="per step, for every row (the training setting)")
+    ap.add_argument("--search-k", type=int, default=3, help="results per query, for every row")
     ap.add_argument("--index", default="passages")
     ap.add_argument("--runs", default="runs/research_rl", help="where the evaluation runs are kept (resumable)")
     ap.add_argument("--out", default="benchmarks/results/research_rl.json")
@@ -74,7 +76,8 @@ def main() -> None:
         run_dir = Path(args.runs) / f"{Path(args.bench).stem}-{slug}"
         cfg = EvalConfig(benchmark=args.bench, limit=args.limit, samples=args.samples, ks=[1],
                          temperature=args.temperature, model=None if model in ("", "shipped") else model,
-                         prompt=prompt or None, max_steps=args.max_steps, index=args.index, engine="hybrid",
+                         prompt=prompt or None, max_steps=args.max_steps, index=args.index,
+                         max_new_tokens=args.max_new_tokens, search_k=args.search_k, engine="hybrid",
                          concurrency=16)
         t0 = time.time()
         res = run_eval(cfg, run_dir, progress=True)
@@ -93,7 +96,8 @@ def main() -> None:
         best = max(b["pass@1"] for b in base)
         r["ratio_to_best_baseline"] = r["pass@1"] / best if best else None
     out = {"bench": args.bench, "tasks": len(rows[0]["_per_task"]), "samples": args.samples,
-           "temperature": args.temperature, "max_steps": args.max_steps, "index": args.index,
+           "temperature": args.temperature, "max_steps": args.max_steps, "max_new_tokens": args.max_new_tokens,
+           "search_k": args.search_k, "index": args.index,
            "rows": [{k: v for k, v in r.items() if k != "_per_task"} for r in rows],
            "load_average_1min": os.getloadavg()[0], "cpu_count": os.cpu_count()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -382,7 +382,7 @@ def start_server(home: Path, model: Path, db: Path, port: int, log) -> subproces
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "SLEUTH_HOME": str(home), "SLEUTH_THREADS": "1"})
     t0 = time.time()
-    while time.time() - t0 < 120:
+    while time.time() - t0 < 300:      # importing torch and transformers is slow on a busy 2-core machine
         assert proc.poll() is None, f"server exited: {Path(log.name).read_text()[-2000:]}"
         try:
             if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:

@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
         prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt variant (sleuth.agent.PROMPTS; "
                                              "default: the policy's training prompt, else short-fewshot)."),
         online: bool = typer.Option(False, "--online", help="Allow browsing real http(s) URLs."),
+        web: Optional[str] = typer.Option(None, "--web", help="Search the web instead of an index: searxng "
+                                          "(SEARXNG_URL) | tavily (TAVILY_API_KEY) | brave (BRAVE_API_KEY); "
+                                          "implies --online."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         save: Optional[Path] = typer.Option(None, "--save", help="Trajectory JSONL (default: runs/ask.jsonl)."),
@@ -52,7 +55,7 @@ def register(app: typer.Typer) -> None:
             run = agent_settings(policy, {"max_steps": max_steps, "prompt": prompt},
                                  {"max_steps": 10, "prompt": "short-fewshot",
                                   "max_new_tokens": AgentConfig.max_new_tokens, "search_k": 5})
-            env = Environment.from_index(index, engine=engine, online=online, search_k=run["search_k"])
+            env = Environment.from_index(index, engine=engine, online=online, web=web, search_k=run["search_k"])
         except (FileNotFoundError, ValueError) as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(2)

@@ -1,0 +1,67 @@
+"""Verifying a written sentence against the passages the agent was shown.
+
+A sentence citing [n] is kept as cited only if passage n holds a *supporting sentence*: one that contains
+most of the claim's content words (``min_overlap``) and every number the claim states. The supporting
+sentence is then checked by ``sleuth.citations.verify`` as the citation's quote — the same check every agent
+answer's citations pass — so a kept citation always quotes text the agent was shown for that URL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sleuth import citations
+from sleuth.trajectory import Citation
+
+_STOP = set("a an the of and or to in on at by for with from as is are was were be been being it its this that "
+            "these those which who whom whose what when where why how than then also has have had not no but "
+            "into over under about after before between during he she they them his her their there here such "
+            "can could may might will would shall should do does did one".split())
+_NUM = re.compile(r"\d+(?:[.,]\d+)*")
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _content(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and (len(w) > 2 or w.isdigit())}
+
+
+def _numbers(text: str) -> set[str]:
+    return {n.replace(",", "") for n in _NUM.findall(text)}
+
+
+@dataclass
+class Support:
+    url: str
+    quote: str
+    score: float
+
+
+def support(claim: str, url: str, text: str, min_overlap: float = 0.6) -> Support | None:
+    """The sentence of ``text`` that best supports ``claim``, if one is good enough (see the module doc)."""
+    words = _content(claim)
+    if len(words) < 2:
+        return None
+    nums = _numbers(claim)
+    best: Support | None = None
+    for sent in citations.sentences(text):
+        sw = _content(sent)
+        score = len(words & sw) / len(words)
+        if score < min_overlap or not nums <= _numbers(sent):
+            continue
+        if best is None or score > best.score:
+            best = Support(url, sent, score)
+    return best
+
+
+def verified_citation(claim: str, url: str, seen: dict[str, str], untrusted: frozenset[str] = frozenset()
+                      ) -> Citation | None:
+    """A verified Citation of ``url`` for ``claim``, or None: support found, then the quote checked by
+    ``citations.verify`` against what the agent was shown."""
+    if url not in seen:
+        return None
+    s = support(claim, url, seen[url])
+    if s is None:
+        return None
+    kept, _ = citations.verify([{"url": url, "quote": s.quote}], seen, untrusted)
+    return kept[0] if kept else None

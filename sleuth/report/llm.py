@@ -9,7 +9,7 @@ Every call's tokens — and cost, when the server reports one — are added to a
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from sleuth.policy.base import SamplingParams
@@ -36,7 +36,8 @@ class Usage:
         self.add(d.get("prompt_tokens", 0), d.get("completion_tokens", 0), d.get("cost"), d.get("calls", 0))
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "calls": self.calls,
+             "cost": self.cost}
         d["total_tokens"] = self.prompt_tokens + self.completion_tokens
         return d
 

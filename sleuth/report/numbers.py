@@ -30,25 +30,26 @@ def _unit(word: str) -> str:
     return word
 
 
-def extract(refs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Facts {label, value, unit, n, quote} from the references' verified quotes (label: the source's title)."""
+def extract(refs: list[dict[str, Any]], per_source: int = 3) -> list[dict[str, Any]]:
+    """Facts {label, value, unit, n, quote} from what the agent was shown at each cited source (``ref["text"]``,
+    else its verified quotes); label: the source's title, quote: the shown sentence holding the number."""
+    from sleuth.citations import sentences
+
     facts, seen = [], set()
     for ref in refs:
-        for quote in ref["quotes"]:
-            for m in _FACT.finditer(quote):
-                value = float(m.group(1).replace(",", "")) * _SCALE.get((m.group(2) or "").lower(), 1)
-                unit = _unit(m.group(3))
-                key = (ref["title"], unit)
-                if key not in seen:
-                    seen.add(key)
-                    facts.append({"label": ref["title"], "value": value, "unit": unit, "n": ref["n"],
-                                  "quote": quote})
-            for m in _YEAR.finditer(quote):
-                key = (ref["title"], "year")
-                if key not in seen:
-                    seen.add(key)
-                    facts.append({"label": ref["title"], "value": float(m.group(1)), "unit": "year",
-                                  "n": ref["n"], "quote": quote})
+        count = 0
+        body = ref.get("text") or "\n".join(ref["quotes"])
+        for quote in sentences(body):
+            found = [(float(m.group(1).replace(",", "")) * _SCALE.get((m.group(2) or "").lower(), 1), _unit(m.group(3)))
+                     for m in _FACT.finditer(quote)]
+            found += [(float(m.group(1)), "year") for m in _YEAR.finditer(quote)]
+            for value, unit in found:
+                key = (ref["title"], unit, value)
+                if key in seen or count >= per_source:
+                    continue
+                seen.add(key)
+                count += 1
+                facts.append({"label": ref["title"], "value": value, "unit": unit, "n": ref["n"], "quote": quote})
     return facts
 
 

@@ -173,7 +173,7 @@ def run_report(request: str, *, policy: Any, env: Any, cfg: ReportConfig | None 
     emit("stage", {"name": "references"})
     refs = render.references(sections, passages)
     t0 = time.time()
-    facts = numbers.extract(refs) if cfg.charts else []
+    facts = numbers.extract([{**r, "text": seen.get(r["url"], "")} for r in refs]) if cfg.charts else []
     cd = store.read_json("charts.json")
     if cd is None or cd.get("facts") != facts:
         cd = {"facts": facts, "charts": numbers.charts(facts) if facts else []}

@@ -45,7 +45,7 @@ def parse_questions(text: str, n: int) -> list[str]:
     out = []
     for line in text.splitlines():
         line = re.sub(r"^\s*(?:[-*•]|\d+[.)]|Q\d*:|Question\s*\d*:)\s*", "", line).strip()
-        if line.endswith("?") and 3 <= len(line.split()) <= 30 and line not in out:
+        if line.endswith("?") and 2 <= len(line.split()) <= 30 and line not in out:
             out.append(line)
     return out[:n]
 

@@ -116,12 +116,18 @@ def mindmap_data(title: str, sections: list[SectionResult], findings: list[Findi
         qs = []
         for j, f in enumerate(x for x in findings if x.section == sec.index):
             ans = (f.answer or L["no_finding"]).strip()
-            qs.append({"id": f"q{i}_{j}", "topic": f.question[:70], "children": [
-                {"id": f"a{i}_{j}", "topic": ans[:60]}]})
-        kids.append({"id": f"s{i}", "topic": sec.title[:60], "direction": "right" if i % 2 == 0 else "left",
+            qs.append({"id": f"q{i}_{j}", "topic": _short(f.question, 34), "children": [
+                {"id": f"a{i}_{j}", "topic": _short(ans, 28)}]})
+        kids.append({"id": f"s{i}", "topic": _short(sec.title, 28), "direction": "right" if i % 2 == 0 else "left",
                      "children": qs})
     return {"meta": {"name": "sleuth"}, "format": "node_tree",
-            "data": {"id": "root", "topic": title[:60], "children": kids}}
+            "data": {"id": "root", "topic": _short(title, 32), "children": kids}}
+
+
+def _short(text: str, n: int) -> str:
+    """One line of at most ``n`` characters (the map shows the outline; the report holds the full text)."""
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 1].rstrip() + "…"
 
 
 def html_report(title: str, request: str, plan: Plan, sections: list[SectionResult], refs: list[dict[str, Any]],
@@ -219,7 +225,8 @@ h1{font-size:2em;margin:.2em 0}h2{border-bottom:2px solid #ddd;padding-bottom:4p
 .cite{text-decoration:none;color:#1a5fb4;font-size:.8em;vertical-align:super}
 .s.unverified{background:#fdecea}.flag{color:#d93025;font-weight:bold;font-size:.8em}
 .s.extractive{color:#333}
-#mindmap{width:100%;height:460px;border:1px solid #ddd;border-radius:6px;background:#fbfbfd;position:relative}
+#mindmap{width:100%;height:460px;border:1px solid #ddd;border-radius:6px;background:#fbfbfd;position:relative;overflow:hidden}
+
 .chart{margin:16px 0}.chart-box{position:relative;height:300px}
 figcaption{font-size:.85em;color:#555;margin-top:4px}
 table.compare{border-collapse:collapse;width:100%;font-size:.9em;margin:12px 0}
@@ -230,17 +237,35 @@ table.compare th{background:#f0f0f0}td.q{color:#555;font-size:.9em}
 .card h3{font-size:1em;margin:.2em 0}.url{font-family:monospace;font-size:.8em;color:#1a5fb4;word-break:break-all}
 blockquote{margin:6px 0;padding-left:8px;border-left:3px solid #aac;font-size:.9em;color:#333}
 .where{font-size:.8em;color:#777}
-@media print{body{background:#fff}main{padding:0}#mindmap{height:420px}.chart-box{height:260px}}
+@media print{body{background:#fff}main{padding:0;max-width:none}#mindmap{height:420px}.chart-box{height:260px}
+h2{break-after:avoid}}
 """
 
 _APP = """
 (function(){
   var data = JSON.parse(document.getElementById('report-data').textContent);
   try {
-    var jm = new jsMind({container:'mindmap', editable:false, theme:'primary', view:{engine:'canvas', hmargin:40,
-      vmargin:30, line_width:2, line_color:'#7a8ca8'}, layout:{hspace:24, vspace:10, pspace:12}});
+    var box = document.getElementById('mindmap');
+    var jm = new jsMind({container:'mindmap', editable:false, theme:'primary', view:{engine:'canvas', hmargin:20,
+      vmargin:20, line_width:2, line_color:'#7a8ca8', zoom:{min:0.2, max:2, step:0.1}},
+      layout:{hspace:18, vspace:8, pspace:12}});
     jm.show(data.mindmap);
     jm.expand_all();
+    // the whole map in view: zoom out until the laid-out tree fits its box (again before printing)
+    var fit = function(){
+      var r = box.getBoundingClientRect(), size = jm.view.size;
+      if (!size || !size.w) return;
+      var z = Math.min(1, (r.width - 8) / size.w, (r.height - 8) / size.h);
+      z = Math.max(0.2, z);
+      // jsMind refuses a zoom-out that would make the map fit (its guard compares with the current zoom)
+      jm.view.zoom_current = Math.min(jm.view.zoom_current, z);
+      jm.view.set_zoom(z);
+      var panel = jm.view.e_panel;
+      panel.scrollLeft = (panel.scrollWidth - panel.clientWidth) / 2;
+      panel.scrollTop = (panel.scrollHeight - panel.clientHeight) / 2;
+    };
+    fit();
+    window.addEventListener('beforeprint', fit);
   } catch (e) { document.getElementById('mindmap').textContent = 'mind map unavailable: ' + e; }
   var palette = ['#1a5fb4','#26a269','#e66100','#9141ac','#c64600','#2ec27e','#613583','#a51d2d'];
   data.charts.forEach(function(ch, k){
@@ -251,7 +276,7 @@ _APP = """
       options:{animation:false, maintainAspectRatio:false, plugins:{legend:{display:false},
         tooltip:{callbacks:{label:function(c){return ch.labels[c.dataIndex] + ': ' + ch.values[c.dataIndex];}}}},
         scales:{y:{ticks:{callback:function(v){return ch.labels[v-1] || '';}, stepSize:1},
-          min:0, max:ch.values.length+1}, x:{title:{display:true, text:'year'}}}}
+          min:0, max:ch.values.length+1}, x:{title:{display:true, text:'year'}, ticks:{callback:function(v){return String(v);}}}}}
     } : {
       type:'bar', data:{labels:ch.labels.map(function(l,i){return l + ' [' + ch.refs[i] + ']';}),
         datasets:[{label:ch.unit, data:ch.values, backgroundColor:palette}]},

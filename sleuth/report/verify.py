@@ -38,19 +38,24 @@ class Support:
 
 
 def support(claim: str, url: str, text: str, min_overlap: float = 0.6) -> Support | None:
-    """The sentence of ``text`` that best supports ``claim``, if one is good enough (see the module doc)."""
+    """The sentence (or pair of adjacent sentences) of ``text`` that best supports ``claim``, if one is good
+    enough (see the module doc). The passage's title (its first line) counts as said in every sentence — a
+    passage on "Jane Austen" that says "She was born in Steventon" supports "Jane Austen was born in
+    Steventon" — but never supplies a number."""
     words = _content(claim)
     if len(words) < 2:
         return None
     nums = _numbers(claim)
+    sents = citations.sentences(text)
+    title = _content(sents[0]) if sents and "\n" in text.strip() else set()
+    units = [s for s in sents] + [f"{a} {b}" for a, b in zip(sents, sents[1:])]
     best: Support | None = None
-    for sent in citations.sentences(text):
-        sw = _content(sent)
-        score = len(words & sw) / len(words)
-        if score < min_overlap or not nums <= _numbers(sent):
+    for unit in units:
+        score = len(words & (_content(unit) | title)) / len(words)
+        if score < min_overlap or not nums <= _numbers(unit):
             continue
-        if best is None or score > best.score:
-            best = Support(url, sent, score)
+        if best is None or score > best.score + 1e-9:
+            best = Support(url, unit, score)
     return best
 
 

@@ -64,6 +64,7 @@ WRITE_SYSTEM = ("You write one section of a research report, in {language}. Use 
                 "sources. End every sentence with the number of its source in brackets, like [2]. Write about "
                 "{sentences} sentences of plain prose: no heading, no list, no sources list.")
 
+_ACTION = re.compile(r"<(search|browse|code|answer|think)>.*?</\1>", re.S | re.I)   # agent actions, not prose
 _TAG = re.compile(r"</?[a-zA-Z_][^>]{0,200}>")
 _CITE = re.compile(r"\[(\d+(?:\s*[,;]\s*\d+)*)\]")
 
@@ -83,6 +84,7 @@ def rank_passages(sec: SectionPlan, own: list[str], passages: dict[str, Passage]
 def parse_draft(text: str) -> list[tuple[str, list[int]]]:
     """(claim, cited numbers) per sentence of a draft; headings, list marks and protocol tags dropped, a
     citation after the full stop moved before it."""
+    text = _ACTION.sub(" ", text)
     text = _TAG.sub(" ", text)
     out = []
     for line in text.splitlines():

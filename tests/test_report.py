@@ -353,3 +353,64 @@ def test_draft_parsing_and_verification_rules(env):
     kept, *_ = check_draft([("Pride and Prejudice is an 1813 novel.", [1])], sources, seen, ReportConfig())
     assert kept[0].how == "reattributed" and kept[0].cites[0]["url"] == "corpus://t/p2"
     assert not re.search(r"1820", " ".join(c["quote"] for s in kept for c in s.cites))
+
+
+TOWERS = [
+    ("t1", "Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It was completed in "
+     "1889 and is 330 metres tall. It was designed by the company of the engineer Gustave Eiffel."),
+    ("t2", "Tokyo Tower", "Tokyo Tower is a communications and observation tower in Tokyo, Japan. It was completed "
+     "in 1958 and is 333 metres tall. Its design was inspired by the Eiffel Tower."),
+    ("t3", "CN Tower", "The CN Tower is a concrete communications tower in Toronto, Canada. It was completed in "
+     "1976 and is 553 metres tall."),
+]
+
+
+@pytest.mark.slow
+def test_embedded_model_writes_a_verified_report_end_to_end(env, browser, tmp_path):
+    """`sleuth report` with the shipped 135M policy on a three-passage index: whatever the model writes, the
+    structure holds, every kept citation is verified, and the HTML and PDF render."""
+    from typer.testing import CliRunner
+
+    from sleuth.cli import app
+    from sleuth.search.corpus import Passage
+    from sleuth.search.index import build_index
+
+    src = tmp_path / "towers.jsonl"
+    src.write_text("".join(json.dumps(Passage(i, t, x, "test").to_dict()) + "\n" for i, t, x in TOWERS))
+    build_index(src, "towers", dense=False, progress=False)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["report", "Compare the Eiffel Tower and Tokyo Tower", "--index", "towers",
+                                   "--engine", "lexical", "--words", "60", "--sections", "2", "--questions", "1",
+                                   "--max-steps", "2", "--max-new-tokens", "40", "--no-clarify", "--out", str(out),
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(res.stdout[res.stdout.index("{"):])
+    report = Report.load(out)
+    assert 1 <= len(report.sections) <= 2 and report.plan["sections"]
+    assert all(s["status"] in ("written", "extractive") for s in report.sections)   # sources exist for each
+    assert all(c for s in report.sections for x in s["sentences"] if x["status"] == "verified" for c in x["cites"])
+    audit(report, out)
+    assert rec["stats"]["tokens"]["total_tokens"] > 0 and rec["stats"]["seconds"] > 0
+    assert "## References" in report.markdown and "corpus://towers/" in report.markdown
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto((out / "report.html").as_uri())
+    page.wait_for_timeout(300)
+    assert page.locator("#mindmap jmnode").count() >= 3
+    page.screenshot(path=str(tmp_path / "e2e.png"), full_page=True)
+    page.close()
+    _assert_not_blank(tmp_path / "e2e.png")
+    pdf = Path(rec["files"]["pdf"])
+    subprocess.run(["pdftoppm", "-png", "-r", "40", "-f", "1", "-l", "1", str(pdf), str(tmp_path / "p")],
+                   check=True, timeout=60)
+    _assert_not_blank(sorted(tmp_path.glob("p*.png"))[0])
+    Path("runs/test-shots").mkdir(parents=True, exist_ok=True)
+    Path("runs/test-shots/report-e2e.png").write_bytes((tmp_path / "e2e.png").read_bytes())
+
+
+def test_too_few_sections_are_topped_up_and_the_outline_marked_repaired(chat_server):
+    from sleuth.report.plan import make_plan
+
+    chat_server.add(200, text("# Jane Austen\n## Her novels\n- What novels did Jane Austen write?"))
+    plan = make_plan("Write a report on Jane Austen", policy_for(chat_server, 0), cfg(plan_retries=0), "en")
+    assert plan.source == "repaired" and [s.title for s in plan.sections] == ["Her novels", "Overview"]
+    assert plan.sections[0].questions == ["What novels did Jane Austen write?"]

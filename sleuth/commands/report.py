@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
         sections: int = typer.Option(4, "--sections", help="Most sections in the outline."),
         questions: int = typer.Option(2, "--questions", help="Research questions per section."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Agent steps per research question."),
+        max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Cap on the tokens of one "
+                                                     "plan or section generation (small machines)."),
         language: Optional[str] = typer.Option(None, "--language", help="Report language code (default: the "
                                                "request's language)."),
         answers: Optional[List[str]] = typer.Option(None, "--answers", help="Answers to the clarifying questions "
@@ -58,7 +60,7 @@ def register(app: typer.Typer) -> None:
             cfg = ReportConfig(words=words, max_sections=sections, min_sections=min(2, sections),
                                questions_per_section=questions, max_steps=max_steps, language=language,
                                clarify=not no_clarify, unverified=unverified, context_window=context_window,
-                               temperature=temperature)
+                               temperature=temperature, max_new_tokens=max_new_tokens)
             with console.status("loading model…"):
                 policy = load_policy(model, base_url, **({"max_retries": max_retries} if base_url else {}))
             env = Environment.from_index(index, engine=engine, online=online, web=web,
@@ -87,7 +89,8 @@ def register(app: typer.Typer) -> None:
             if kind == "stage":
                 console.rule(d["name"])
             elif kind == "plan":
-                src = "built by sleuth from the request" if d["source"] == "fallback" else "the model's"
+                src = {"fallback": "built by sleuth from the request",
+                       "repaired": "the model's, topped up by sleuth"}.get(d["source"], "the model's")
                 console.print(f"[bold]{d['title']}[/] — outline: {src}" + (" (saved)" if d.get("resumed") else ""))
                 for s in d["sections"]:
                     console.print(f"  [cyan]{s['title']}[/]: " + " | ".join(s["questions"]))

@@ -89,7 +89,7 @@ class SectionPlan:
 class Plan:
     title: str
     sections: list[SectionPlan]
-    source: str = "model"          # "model" | "fallback" (built by sleuth from the request)
+    source: str = "model"          # "model" | "repaired" (the model's sections topped up) | "fallback" (sleuth's)
     attempts: int = 1
     problems: list[str] = field(default_factory=list)   # why earlier outlines were rejected
 
@@ -114,7 +114,13 @@ PLAN_EXAMPLE = ("# The Great Wall of China\n## History\n- When was the Great Wal
 
 
 class PlanError(ValueError):
-    """An outline that cannot be used; the message is what the model is told on the re-ask."""
+    """An outline that cannot be used; the message is what the model is told on the re-ask. ``usable``: the
+    well-formed sections it did have (too few of them), which a repaired outline keeps."""
+
+    def __init__(self, message: str, usable: list[SectionPlan] | None = None, title: str = ""):
+        super().__init__(message)
+        self.usable = usable or []
+        self.title = title
 
 
 def parse_plan(text: str, cfg: ReportConfig, request: str) -> Plan:
@@ -154,19 +160,21 @@ def parse_plan(text: str, cfg: ReportConfig, request: str) -> Plan:
         problems.append(f"the outline had {len(good)} usable section(s); write at least {cfg.min_sections}, "
                         "each with its own research questions")
     if problems:
-        raise PlanError("; ".join(problems))
+        raise PlanError("; ".join(problems), good, title)
     return Plan(title or topic_of(request).capitalize() or request[:80], good[:cfg.max_sections])
 
 
 def make_plan(request: str, policy: Any, cfg: ReportConfig, language: str, usage: Usage | None = None,
               on_attempt: Callable[[int, str], None] | None = None) -> Plan:
     """The model's outline, re-asked with the problem after each malformed one; sleuth's own outline after
-    ``plan_retries`` re-asks. Server errors that outlast the policy's retries also lead to the fallback."""
+    ``plan_retries`` re-asks — topped up with the model's own well-formed sections when it wrote too few
+    (``source="repaired"``). Server errors that outlast the policy's retries also lead to the fallback."""
     messages = [{"role": "system", "content": PLAN_SYSTEM.format(language=lang_name(language), min=cfg.min_sections,
                                                                max=cfg.max_sections, q=cfg.questions_per_section)},
                 {"role": "user", "content": PLAN_EXAMPLE_USER}, {"role": "assistant", "content": PLAN_EXAMPLE},
                 {"role": "user", "content": f"Request: {request}"}]
     problems: list[str] = []
+    partial: PlanError | None = None
     for attempt in range(1, cfg.plan_retries + 2):
         try:
             budget = 64 + 48 * cfg.max_sections * cfg.questions_per_section
@@ -182,6 +190,8 @@ def make_plan(request: str, policy: Any, cfg: ReportConfig, language: str, usage
             plan.attempts, plan.problems = attempt, problems
             return plan
         except PlanError as e:
+            if e.usable and (partial is None or len(e.usable) > len(partial.usable)):
+                partial = e
             problems.append(f"attempt {attempt}: {e} (the model wrote: {text.strip()[:160]!r})")
             if on_attempt:
                 on_attempt(attempt, str(e))
@@ -189,6 +199,10 @@ def make_plan(request: str, policy: Any, cfg: ReportConfig, language: str, usage
                                    {"role": "user", "content": f"That outline cannot be used: {e}. Reply with the "
                                     "outline only, in the format shown."}]
     plan = fallback_plan(request, cfg)
+    if partial is not None:   # keep the model's good sections, topped up with sleuth's (a repaired outline)
+        titles = {s.title.lower() for s in partial.usable}
+        extra = [s for s in plan.sections if s.title.lower() not in titles]
+        plan = Plan(partial.title or plan.title, (partial.usable + extra)[:cfg.max_sections], source="repaired")
     plan.attempts, plan.problems = len(problems), problems
     return plan
 

@@ -72,6 +72,9 @@ def markdown(title: str, request: str, plan: Plan, sections: list[SectionResult]
 
 def notes(plan: Plan, sections: list[SectionResult]) -> list[str]:
     out = []
+    if plan.source == "repaired":
+        out.append(f"Outline: the model's sections, topped up by sleuth from the request, because the model wrote "
+                   f"too few usable sections in {plan.attempts} attempt(s).")
     if plan.source == "fallback":
         out.append(f"Outline: built by sleuth from the request, because the model's outline could not be used "
                    f"after {plan.attempts} attempt(s) ({'; '.join(plan.problems)[:300]}).")

@@ -179,14 +179,14 @@ def main() -> None:
         print(json.dumps({s: {k: v for k, v in row[s].items() if k != "text"} for s in ("sleuth", "one_shot")}),
               flush=True)
         rows.append(row)
-    out = {"benchmark": "report_quality", "policy": getattr(policy, "name", ""), "index": args.index,
-           "config": cfg.to_dict(), "one_shot_k": args.k,
-           "summary": {"sleuth": summarise(rows, "sleuth"), "one_shot": summarise(rows, "one_shot")},
-           "rows": rows, "wall_seconds": round(time.time() - t_all, 1),
-           "loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
-           "cpu_count": os.cpu_count(), "command": " ".join(["benchmarks/report_quality.py", *sys.argv[1:]])}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, ensure_ascii=False, indent=1))
+        out = {"benchmark": "report_quality", "policy": getattr(policy, "name", ""), "index": args.index,
+               "config": cfg.to_dict(), "one_shot_k": args.k, "complete": len(rows) == len(items),
+               "summary": {"sleuth": summarise(rows, "sleuth"), "one_shot": summarise(rows, "one_shot")},
+               "rows": rows, "wall_seconds": round(time.time() - t_all, 1),
+               "loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+               "cpu_count": os.cpu_count(), "command": " ".join(["benchmarks/report_quality.py", *sys.argv[1:]])}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, ensure_ascii=False, indent=1))   # after each item: partial results
     print(json.dumps(out["summary"], indent=1))
 
 

@@ -151,17 +151,19 @@ def run_report(request: str, *, policy: Any, env: Any, cfg: ReportConfig | None 
     seen = seen_union(findings)
     per_section = max(60, cfg.words // max(1, len(plan.sections)))
     sections: list[SectionResult] = []
+    used: set[str] = set()       # sentences said so far: a later section does not repeat them
     for i, sp in enumerate(plan.sections):
         check_cancel()
         d = store.read_json(store.section_name(i))
         if d is not None:
             sec = SectionResult.from_dict(d["section"])
+            used.update(" ".join(x.text.lower().split()) for x in sec.sentences)
         else:
             t0, usage = time.time(), Usage()
             own = [u for f in findings if f.section == i for u in f.seen]
             answers_text = " ".join(f.answer or "" for f in findings if f.section == i)
             sources = rank_passages(sp, own, passages, cfg.passages_per_section, answers_text)
-            sec = write_section(i, sp, full_request, sources, seen, policy, cfg, language, per_section, usage)
+            sec = write_section(i, sp, full_request, sources, seen, policy, cfg, language, per_section, usage, used)
             sec.seconds = round(time.time() - t0, 3)
             store.write_json(store.section_name(i), {"section": sec.to_dict(), "usage": usage.to_dict(),
                                                      "sources": [p.url for p in sources]})

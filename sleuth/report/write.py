@@ -81,9 +81,9 @@ def rank_passages(sec: SectionPlan, own: list[str], passages: dict[str, Passage]
     return [p for p in ranked if score(p)[1] > 0 or p.url in own][:k]
 
 
-def parse_draft(text: str) -> list[tuple[str, list[int]]]:
-    """(claim, cited numbers) per sentence of a draft; headings, list marks and protocol tags dropped, a
-    citation after the full stop moved before it."""
+def parse_draft(text: str, titles: list[str] = ()) -> list[tuple[str, list[int]]]:
+    """(claim, cited numbers) per sentence of a draft; headings, list marks, protocol tags and a copied
+    "Source title:" prefix dropped, a citation after the full stop moved before it."""
     text = _ACTION.sub(" ", text)
     text = _TAG.sub(" ", text)
     out = []
@@ -97,18 +97,27 @@ def parse_draft(text: str) -> list[tuple[str, list[int]]]:
             nums = [int(n) for group in _CITE.findall(sent) for n in re.split(r"[,;]", group) if n.strip()]
             claim = re.sub(r"\s+([.!?,;:])", r"\1", _CITE.sub("", sent)).strip()
             claim = re.sub(r"\s{2,}", " ", claim)
-            if len(claim.split()) >= 4:
+            for t in titles:       # a small model copies the listing's "[n] Title: text" form
+                if t and claim.lower().startswith(t.lower() + ":"):
+                    claim = claim[len(t) + 1:].strip()
+            if len(claim.split()) >= 5:
                 out.append((claim, nums))
     return out
 
 
 def check_draft(draft: list[tuple[str, list[int]]], sources: list[Passage], seen: dict[str, str],
-                cfg: ReportConfig) -> tuple[list[Sentence], int, int, list[str]]:
-    """Sentences as kept, [n] markers written, markers verified as written, removed sentences."""
+                cfg: ReportConfig, used: set[str] | None = None) -> tuple[list[Sentence], int, int, list[str]]:
+    """Sentences as kept, [n] markers written, markers verified as written, removed sentences. A sentence
+    already in ``used`` (an earlier section said it) is left out, not repeated."""
     kept: list[Sentence] = []
     written = verified = 0
     removed: list[str] = []
     for claim, nums in draft:
+        key = " ".join(claim.lower().split())
+        if used is not None and key in used:
+            continue
+        if used is not None:
+            used.add(key)
         cites = []
         for n in dict.fromkeys(nums):
             written += 1
@@ -133,7 +142,8 @@ def check_draft(draft: list[tuple[str, list[int]]], sources: list[Passage], seen
     return kept, written, verified, removed
 
 
-def extractive(sec: SectionPlan, sources: list[Passage], seen: dict[str, str], n: int) -> list[Sentence]:
+def extractive(sec: SectionPlan, sources: list[Passage], seen: dict[str, str], n: int,
+               used: set[str] | None = None) -> list[Sentence]:
     """The sources' own sentences most relevant to the section, each cited (verified like any other)."""
     terms = set(content_words(" ".join([sec.title, *sec.questions])))
     cands = []
@@ -145,29 +155,39 @@ def extractive(sec: SectionPlan, sources: list[Passage], seen: dict[str, str], n
             if len(s.split()) >= 5:
                 cands.append((len(terms & set(content_words(s))), -rank, s, p.url))
     cands.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    out, used = [], set()
+    out, used_here = [], set()
+    said = used if used is not None else set()
     for _, _, s, url in cands:
-        if s in used:
+        key = " ".join(s.lower().split())
+        if s in used_here or key in said:
             continue
         c = verified_citation(s, url, seen)
         if c:
             out.append(Sentence(s, [{"url": c.url, "quote": c.quote}], "verified", "extractive"))
-            used.add(s)
+            used_here.add(s)
+            said.add(key)
         if len(out) >= n:
             break
     return out
 
 
+def _body(p: Passage) -> str:
+    """The passage's text without its title line (the listing names the title once)."""
+    first, _, rest = p.text.partition("\n")
+    return rest.strip() if first.strip() == p.title and rest.strip() else p.text
+
+
 def write_section(index: int, sec: SectionPlan, request: str, sources: list[Passage], seen: dict[str, str],
-                  policy: Any, cfg: ReportConfig, language: str, words: int, usage: Usage) -> SectionResult:
+                  policy: Any, cfg: ReportConfig, language: str, words: int, usage: Usage,
+                  used: set[str] | None = None) -> SectionResult:
     res = SectionResult(index, sec.title, list(sec.questions), [])
     if not sources:
         res.status, res.error = "failed", "the research found no sources for this section"
         return res
     n_sent = max(2, round(words / 22))
     terms = set(content_words(" ".join([sec.title, *sec.questions])))
-    listing = "\n".join(f"[{i}] {p.title}: {excerpt(p.text, terms, cfg.passage_chars)}"
-                        for i, p in enumerate(sources, 1))
+    listing = "\n".join(f"[{i}] {p.title}: {excerpt(_body(p), terms, cfg.passage_chars)}"
+                         for i, p in enumerate(sources, 1))
     messages = [{"role": "system", "content": WRITE_SYSTEM.format(language=lang_name(language), sentences=n_sent)},
                 {"role": "user", "content": f"Report: {request.splitlines()[0]}\nSection: {sec.title}\n"
                                             f"Questions: {' '.join(sec.questions)}\n\nSources:\n{listing}\n\n"
@@ -182,7 +202,8 @@ def write_section(index: int, sec: SectionPlan, request: str, sources: list[Pass
         except Exception as e:   # the policy already retried (429/5xx/timeouts): this section fails, not the run
             res.status, res.error = "failed", f"{type(e).__name__}: {e}"
             return res
-        checked = check_draft(parse_draft(text), sources, seen, cfg)
+        trial = set(used) if used is not None else None
+        checked = check_draft(parse_draft(text, [p.title for p in sources]), sources, seen, cfg, trial)
         if any(s.status == "verified" for s in checked[0]):
             best = checked
             break
@@ -193,8 +214,10 @@ def write_section(index: int, sec: SectionPlan, request: str, sources: list[Pass
                                 "the sources in full sentences, each ending with its source number like [1]."}]
     if best is not None:
         res.sentences, res.citations_written, res.citations_verified, res.removed = best
+        if used is not None:
+            used.update(" ".join(s.text.lower().split()) for s in res.sentences)
         return res
-    res.sentences = extractive(sec, sources, seen, n_sent)
+    res.sentences = extractive(sec, sources, seen, n_sent, used)
     res.status = "extractive"
     res.note = (f"Written extractively by sleuth: the model's {res.attempts} draft(s) had no sentence the sources "
                 "support, so this section quotes the sources' most relevant sentences.")

@@ -191,7 +191,7 @@ def run_report(request: str, *, policy: Any, env: Any, cfg: ReportConfig | None 
                     run_dir=str(store.dir))
     store.write_json("report.json", report.to_dict())
     emit("done", {"title": plan.title, "stats": stats, "markdown_file": str(store.path("report.md")),
-                  "html_file": str(store.path("report.html")), "seconds_this_run": round(time.time() - t0, 3)})
+                  "html_file": str(store.path("report.html")), "seconds_this_run": round(time.time() - t_start, 3)})
     return report
 
 

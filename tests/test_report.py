@@ -414,3 +414,25 @@ def test_too_few_sections_are_topped_up_and_the_outline_marked_repaired(chat_ser
     plan = make_plan("Write a report on Jane Austen", policy_for(chat_server, 0), cfg(plan_retries=0), "en")
     assert plan.source == "repaired" and [s.title for s in plan.sections] == ["Her novels", "Overview"]
     assert plan.sections[0].questions == ["What novels did Jane Austen write?"]
+
+
+def test_eval_searches_the_web_backend_it_is_given(chat_server, monkeypatch, tmp_path):
+    """`sleuth eval --web brave`: the agent's searches go to the Brave API (a loopback replay of its JSON)."""
+    from replay_servers import API_KEY, ReplayServer
+
+    from sleuth.evals.run import EvalConfig, run_eval
+    from sleuth.search.web import BraveEngine
+
+    bench = tmp_path / "q.jsonl"
+    bench.write_text(json.dumps({"question": "Who is the Eiffel Tower named after?", "answer": "Gustave Eiffel"}) + "\n")
+    with ReplayServer() as web:
+        monkeypatch.setenv("BRAVE_API_KEY", API_KEY)
+        monkeypatch.setattr(BraveEngine.__init__, "__defaults__", (None, web.url))   # the replay stands in for the API
+        chat_server.add(200, tool_calls(("search", {"queries": ["Eiffel Tower"]})))
+        chat_server.add(200, tool_calls(("finish", {"answer": "Gustave Eiffel"})))
+        res = run_eval(EvalConfig(benchmark=str(bench), mode="agent", base_url=chat_server.url, model="gpt-test",
+                                  web="brave", max_steps=3, temperature=0.0), tmp_path / "ev", progress=False)
+        assert any(r["path"].startswith("/res/v1/web/search") for r in web.requests)
+    assert res["overall"]["scores"]["cover"] == 1.0
+    rec = json.loads((tmp_path / "ev" / "records.jsonl").read_text().splitlines()[0])
+    assert rec["grounded"] and rec["citations"][0]["url"] == "https://en.wikipedia.org/wiki/Eiffel_Tower"

@@ -198,9 +198,9 @@ def test_unusable_outlines_fall_back_to_one_built_from_the_request_and_say_so(en
         chat_server.add(200, text("I cannot help with outlines."))
     # the fallback outline: Overview / History, one question each
     research_replies(chat_server, "Jane Austen", "an English novelist")
-    research_replies(chat_server, "Jane Austen history", "1775")
+    research_replies(chat_server, "Steventon village Hampshire", "Steventon")
     chat_server.add(200, text("Bananas are yellow and rich in potassium [1]."))   # unsupported: extractive
-    chat_server.add(200, text("Jane Austen was an English novelist [1]."))
+    chat_server.add(200, text("Steventon is a village and civil parish in Hampshire, England [1]."))
     report = run_report("Write a report on Jane Austen", policy=policy_for(chat_server, 0), env=env,
                         cfg=cfg(plan_retries=1, section_retries=0, unverified="remove", charts=False),
                         run_dir=tmp_path / "r")

@@ -157,7 +157,7 @@ def run_report(request: str, *, policy: Any, env: Any, cfg: ReportConfig | None 
         d = store.read_json(store.section_name(i))
         if d is not None:
             sec = SectionResult.from_dict(d["section"])
-            used.update(" ".join(x.text.lower().split()) for x in sec.sentences)
+            used.update(x.text for x in sec.sentences)
         else:
             t0, usage = time.time(), Usage()
             own = [u for f in findings if f.section == i for u in f.seen]

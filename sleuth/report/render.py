@@ -29,8 +29,9 @@ def references(sections: list[SectionResult], passages: dict[str, Passage]) -> l
                     p = passages.get(c["url"])
                     r = refs[c["url"]] = {"n": len(refs) + 1, "url": c["url"], "title": p.title if p else c["url"],
                                           "quotes": [], "sections": []}
-                if c["quote"] not in r["quotes"]:
-                    r["quotes"].append(c["quote"])
+                if not any(c["quote"] in q for q in r["quotes"]):
+                    # a longer quote holding earlier ones replaces them (a sentence pair after its sentence)
+                    r["quotes"] = [q for q in r["quotes"] if q not in c["quote"]] + [c["quote"]]
                 if sec.title not in r["sections"]:
                     r["sections"].append(sec.title)
     return list(refs.values())

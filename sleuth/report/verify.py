@@ -37,7 +37,7 @@ class Support:
     score: float
 
 
-def support(claim: str, url: str, text: str, min_overlap: float = 0.6) -> Support | None:
+def support(claim: str, url: str, text: str, min_overlap: float = 0.75) -> Support | None:
     """The sentence (or pair of adjacent sentences) of ``text`` that best supports ``claim``, if one is good
     enough (see the module doc). The passage's title (its first line) counts as said in every sentence — a
     passage on "Jane Austen" that says "She was born in Steventon" supports "Jane Austen was born in
@@ -57,6 +57,16 @@ def support(claim: str, url: str, text: str, min_overlap: float = 0.6) -> Suppor
         if best is None or score > best.score + 1e-9:
             best = Support(url, unit, score)
     return best
+
+
+def repeats(claim: str, said: list[str], share: float = 0.8) -> bool:
+    """Whether ``claim`` says again what one of ``said`` said: most of the smaller one's content words shared."""
+    w = _content(claim)
+    for other in said:
+        o = _content(other)
+        if w and o and len(w & o) >= share * min(len(w), len(o)):
+            return True
+    return False
 
 
 def verified_citation(claim: str, url: str, seen: dict[str, str], untrusted: frozenset[str] = frozenset()

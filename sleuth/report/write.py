@@ -20,7 +20,7 @@ from sleuth.report.lang import name as lang_name
 from sleuth.report.llm import Usage, complete
 from sleuth.report.plan import SectionPlan, content_words
 from sleuth.report.research import Passage, excerpt
-from sleuth.report.verify import verified_citation
+from sleuth.report.verify import repeats, verified_citation
 
 
 @dataclass
@@ -108,16 +108,15 @@ def parse_draft(text: str, titles: list[str] = ()) -> list[tuple[str, list[int]]
 def check_draft(draft: list[tuple[str, list[int]]], sources: list[Passage], seen: dict[str, str],
                 cfg: ReportConfig, used: set[str] | None = None) -> tuple[list[Sentence], int, int, list[str]]:
     """Sentences as kept, [n] markers written, markers verified as written, removed sentences. A sentence
-    already in ``used`` (an earlier section said it) is left out, not repeated."""
+    that repeats one in ``used`` (an earlier sentence said it) is left out, not repeated."""
     kept: list[Sentence] = []
     written = verified = 0
     removed: list[str] = []
     for claim, nums in draft:
-        key = " ".join(claim.lower().split())
-        if used is not None and key in used:
-            continue
         if used is not None:
-            used.add(key)
+            if repeats(claim, list(used)):
+                continue
+            used.add(claim)
         cites = []
         for n in dict.fromkeys(nums):
             written += 1
@@ -158,14 +157,13 @@ def extractive(sec: SectionPlan, sources: list[Passage], seen: dict[str, str], n
     out, used_here = [], set()
     said = used if used is not None else set()
     for _, _, s, url in cands:
-        key = " ".join(s.lower().split())
-        if s in used_here or key in said:
+        if s in used_here or repeats(s, list(said)):
             continue
         c = verified_citation(s, url, seen)
         if c:
             out.append(Sentence(s, [{"url": c.url, "quote": c.quote}], "verified", "extractive"))
             used_here.add(s)
-            said.add(key)
+            said.add(s)
         if len(out) >= n:
             break
     return out
@@ -215,12 +213,13 @@ def write_section(index: int, sec: SectionPlan, request: str, sources: list[Pass
     if best is not None:
         res.sentences, res.citations_written, res.citations_verified, res.removed = best
         if used is not None:
-            used.update(" ".join(s.text.lower().split()) for s in res.sentences)
+            used.update(s.text for s in res.sentences)
         return res
     res.sentences = extractive(sec, sources, seen, n_sent, used)
     res.status = "extractive"
     res.note = (f"Written extractively by sleuth: the model's {res.attempts} draft(s) had no sentence the sources "
                 "support, so this section quotes the sources' most relevant sentences.")
     if not res.sentences:
-        res.status, res.error = "failed", "no sentence of the sources could be verified for this section"
+        res.status, res.error = "failed", ("the sources hold nothing for this section that is verifiable and not "
+                                           "already said in an earlier section")
     return res

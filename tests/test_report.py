@@ -291,7 +291,7 @@ def test_killed_run_resumes_from_its_saved_stages(env, chat_server, tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), chat_server.url, str(run_dir)], cwd=root,
                             env={**os.environ, "PYTHONPATH": str(root)}, start_new_session=True)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 120          # the child imports torch: slow on a busy machine
         while len(chat_server.requests) < 7 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert len(chat_server.requests) == 7 and (run_dir / "sections" / "00.json").exists()
@@ -380,13 +380,13 @@ def test_embedded_model_writes_a_verified_report_end_to_end(env, browser, tmp_pa
     build_index(src, "towers", dense=False, progress=False)
     out = tmp_path / "run"
     res = CliRunner().invoke(app, ["report", "Compare the Eiffel Tower and Tokyo Tower", "--index", "towers",
-                                   "--engine", "lexical", "--words", "60", "--sections", "2", "--questions", "1",
+                                   "--engine", "lexical", "--words", "60", "--sections", "1", "--questions", "1",
                                    "--max-steps", "2", "--max-new-tokens", "40", "--no-clarify", "--out", str(out),
                                    "--json"])
     assert res.exit_code == 0, res.output
     rec = json.loads(res.stdout[res.stdout.index("{"):])
     report = Report.load(out)
-    assert 1 <= len(report.sections) <= 2 and report.plan["sections"]
+    assert len(report.sections) == 1 and report.plan["sections"][0]["questions"]
     assert all(s["status"] in ("written", "extractive") for s in report.sections)   # sources exist for each
     assert all(c for s in report.sections for x in s["sentences"] if x["status"] == "verified" for c in x["cites"])
     audit(report, out)

@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sleuth.citations import sentences
 from sleuth.report.config import ReportConfig
 from sleuth.report.lang import name as lang_name
 from sleuth.report.llm import Usage, complete
@@ -149,9 +150,8 @@ def extractive(sec: SectionPlan, sources: list[Passage], seen: dict[str, str], n
     for rank, p in enumerate(sources):
         lines = p.text.splitlines()
         body = "\n".join(lines[1:]) if len(lines) > 1 else p.text   # the first line is the title
-        for s in re.split(r"(?<=[.!?])\s+|\n+", body):
-            s = s.strip()
-            if len(s.split()) >= 5:
+        for s in sentences(body):       # "Amazon.com, Inc. is ..." stays one sentence
+            if len(s.split()) >= 5 and not s[:1].islower():
                 cands.append((len(terms & set(content_words(s))), -rank, s, p.url))
     cands.sort(key=lambda c: (c[0], c[1]), reverse=True)
     out, used_here = [], set()

@@ -436,3 +436,19 @@ def test_eval_searches_the_web_backend_it_is_given(chat_server, monkeypatch, tmp
     assert res["overall"]["scores"]["cover"] == 1.0
     rec = json.loads((tmp_path / "ev" / "records.jsonl").read_text().splitlines()[0])
     assert rec["grounded"] and rec["citations"][0]["url"] == "https://en.wikipedia.org/wiki/Eiffel_Tower"
+
+
+def test_numbers_are_read_from_shown_text_and_only_comparable_ones_are_charted():
+    from sleuth.report.numbers import charts, extract
+
+    refs = [{"n": 1, "title": "Eiffel Tower", "quotes": [], "text": "Eiffel Tower\nIt is 330 metres tall. It opened in 1889."},
+            {"n": 2, "title": "Tokyo Tower", "quotes": [], "text": "Tokyo Tower\nIt is 333 m tall."},
+            {"n": 3, "title": "Paris", "quotes": [], "text": "Paris\nParis has 2.1 million inhabitants."}]
+    facts = extract(refs)
+    assert {(f["label"], f["value"], f["unit"]) for f in facts} == {
+        ("Eiffel Tower", 330.0, "m"), ("Eiffel Tower", 1889.0, "year"), ("Tokyo Tower", 333.0, "m"),
+        ("Paris", 2_100_000.0, "people")}
+    (bar,) = charts(facts)                      # one year and one population: nothing to compare, table only
+    assert bar["unit"] == "m" and bar["labels"] == ["Eiffel Tower", "Tokyo Tower"]
+    assert bar["derived"] == {"max": 333.0, "max_label": "Tokyo Tower", "min": 330.0, "min_label": "Eiffel Tower",
+                              "range": 3.0, "mean": 331.5, "ratio": 1.009}     # computed in the code sandbox

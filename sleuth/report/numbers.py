@@ -72,7 +72,8 @@ def charts(facts: list[dict[str, Any]], max_charts: int = 2, sandbox_config: Any
     groups: dict[str, list[dict[str, Any]]] = {}
     for f in facts:
         groups.setdefault(f["unit"], []).append(f)
-    order = sorted(groups, key=lambda u: (-len(groups[u]), u == "year"))
+    # a chart compares: a unit with one number stays in the table only
+    order = sorted((u for u in groups if len(groups[u]) >= 2), key=lambda u: (-len(groups[u]), u == "year"))
     out = []
     code = None
     try:
@@ -81,18 +82,17 @@ def charts(facts: list[dict[str, Any]], max_charts: int = 2, sandbox_config: Any
             chart = {"unit": unit, "kind": "timeline" if unit == "year" else "bar",
                      "labels": [r["label"] for r in rows], "values": [r["value"] for r in rows],
                      "refs": [r["n"] for r in rows], "derived": None, "derived_error": ""}
-            if len(rows) >= 2:
-                if code is None:
-                    from sleuth.tools.code import CodeTool
-                    code = CodeTool(sandbox_config)
-                res = code.run(_DERIVE.format(values=json.dumps(chart["values"]),
-                                              labels=json.dumps(chart["labels"], ensure_ascii=False)))
-                try:
-                    chart["derived"] = json.loads(res.data["output"].strip().splitlines()[-1]) if res.ok else None
-                except (ValueError, IndexError, KeyError, TypeError):
-                    chart["derived"] = None
-                if chart["derived"] is None:
-                    chart["derived_error"] = f"the code tool could not compute it: {res.text[:200]}"
+            if code is None:
+                from sleuth.tools.code import CodeTool
+                code = CodeTool(sandbox_config)
+            res = code.run(_DERIVE.format(values=json.dumps(chart["values"]),
+                                          labels=json.dumps(chart["labels"], ensure_ascii=False)))
+            try:
+                chart["derived"] = json.loads(res.data["output"].strip().splitlines()[-1]) if res.ok else None
+            except (ValueError, IndexError, KeyError, TypeError):
+                chart["derived"] = None
+            if chart["derived"] is None:
+                chart["derived_error"] = f"the code tool could not compute it: {res.text[:200]}"
             out.append(chart)
     finally:
         if code is not None:

@@ -77,8 +77,9 @@ def notes(plan: Plan, sections: list[SectionResult]) -> list[str]:
         out.append(f"Outline: the model's sections, topped up by sleuth from the request, because the model wrote "
                    f"too few usable sections in {plan.attempts} attempt(s).")
     if plan.source == "fallback":
+        why = plan.problems[-1].split(" (the model wrote")[0].split(": ", 1)[-1] if plan.problems else ""
         out.append(f"Outline: built by sleuth from the request, because the model's outline could not be used "
-                   f"after {plan.attempts} attempt(s) ({'; '.join(plan.problems)[:300]}).")
+                   f"after {plan.attempts} attempt(s)" + (f" (last: {why})" if why else "") + ".")
     failed = [s.title for s in sections if s.status == "failed"]
     if failed:
         out.append(f"{len(failed)} section(s) could not be written and are reported as failed: {', '.join(failed)}.")
@@ -163,7 +164,7 @@ def html_report(title: str, request: str, plan: Plan, sections: list[SectionResu
         parts.append(f"<p>{' '.join(body)}</p></section>")
     # numbers: charts and their table
     parts.append(f"<section id='numbers'><h2>{_e(L['numbers'])}</h2>")
-    if chart_list:
+    if facts:
         for k, ch in enumerate(chart_list):
             d = ch.get("derived")
             derived = (f"Computed with the code tool: highest {d['max']:g} ({_e(d['max_label'])}), lowest "

@@ -74,14 +74,27 @@ class Environment:
         return [] if t is None else list(t.tools() if hasattr(t, "tools") else t)
 
     @classmethod
-    def from_index(cls, name: str | None = None, engine: str = "auto", online: bool = False, **kw) -> "Environment":
+    def from_index(cls, name: str | None = None, engine: str = "auto", online: bool = False,
+                   web: str | None = None, **kw) -> "Environment":
+        """The tools over an index (``name``, default ``wiki``), or over a web search API when ``web`` names one
+        (searxng / tavily / brave; URL and keys from SEARXNG_URL, TAVILY_API_KEY, BRAVE_API_KEY). Web search
+        implies online browsing: its results are web pages. ``online`` alone lets the browser open http(s)
+        URLs from the question, results and pages beside the index."""
+        fetcher = None
+        if online or web:
+            from sleuth.tools.web import WebFetcher
+            fetcher = WebFetcher()
+        if web:
+            from sleuth.search.web import make_web_engine
+
+            docstores = {}
+            if name:        # an index named beside web search stays browsable by its corpus:// URLs
+                from sleuth.search.index import open_index
+                docstores = {name: open_index(name).docs}
+            return cls(make_web_engine(web), docstores, fetcher, **kw)
         from sleuth.search.index import default_index_name, open_index
 
         index = open_index(name or default_index_name())
-        fetcher = None
-        if online:
-            from sleuth.tools.web import WebFetcher
-            fetcher = WebFetcher()
         return cls(index.engine(engine), {index.name: index.docs}, fetcher, **kw)
 
     def session(self) -> "ToolSession":
@@ -270,8 +283,11 @@ Event = Callable[[Trajectory, str, dict[str, Any]], None]
 
 class Agent:
     def __init__(self, policy: TokenPolicy | ChatPolicy, env: Environment, config: AgentConfig | None = None,
-                 on_event: Event | None = None):
+                 on_event: Event | None = None, keep_seen: bool = False):
         self.policy = policy
+        # keep_seen: remember, per trajectory id, the text the agent was shown per URL (what citations are
+        # verified against), for callers that build on it (reports); off by default to keep RL memory flat
+        self.seen_texts: dict[str, dict[str, str]] | None = {} if keep_seen else None
         self.env = env
         self.cfg = config or AgentConfig()
         self.on_event = on_event or (lambda t, kind, data: None)
@@ -330,7 +346,10 @@ class Agent:
                                "context_manager": self.cfg.context.enabled}
         session = self.env.session()
         session.allow_urls([question])   # a URL the user gave may be opened
-        return _Run(traj, session, chunks, {})
+        seen: dict[str, str] = {}
+        if self.seen_texts is not None:
+            self.seen_texts[traj.id] = seen      # the run's own dict: it fills as the agent reads
+        return _Run(traj, session, chunks, seen)
 
     def _resume(self, traj: Trajectory, state: ResumeState) -> _Run:
         if traj.finish_reason != "unfinished":
@@ -339,7 +358,10 @@ class Agent:
         chunks = [Chunk(**c) for c in state["chunks"]]
         session = self.env.session()
         session.allow_urls([traj.question, *state.get("provenance", [])])
-        return _Run(traj, session, chunks, dict(state["seen"]), state["ended_with_eos"])
+        seen = dict(state["seen"])
+        if self.seen_texts is not None:
+            self.seen_texts[traj.id] = seen
+        return _Run(traj, session, chunks, seen, state["ended_with_eos"])
 
     def _suspend(self, run: _Run) -> None:
         """Budget spent: keep everything needed to continue later with newer weights."""
@@ -478,6 +500,8 @@ class Agent:
             traj.steps += 1
             traj.prompt_tokens += reply.prompt_tokens
             traj.generated_tokens += reply.completion_tokens
+            if getattr(reply, "cost", None) is not None:    # only some servers report a price per call
+                traj.meta["cost"] = traj.meta.get("cost", 0.0) + reply.cost
             assistant, action, note = self._chat_action(reply, names)
             messages.append(assistant)
             record = {**assistant, "step": traj.steps}

@@ -11,7 +11,7 @@ way; ``server.fail_query["bad"] = "500"`` makes one query always fail. Modes: 42
 
 ``ChatReplayServer`` replays scripted OpenAI chat-completions responses (and failures) and records the requests.
 
-Pages for the browser: /article, /long, /plain, /huge, /garbage, /blank, /binary, /pdf, /sniff-binary,
+Pages for the browser: /article, /long, /plain, /huge, /garbage, /blank, /binary, /pdf (broken), /paper.pdf, /sniff-binary,
 /hang, /drip, /notfound, /redirect?to=<url>, /chain/<n>, /loop.
 
 ``chat_server(replies)``: a separate loopback server answering OpenAI chat completions with scripted replies
@@ -152,6 +152,33 @@ PNG_BYTES = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x
              b"\x00\x00IEND\xaeB`\x82")
 
 
+PDF_PAGES = ["The Eiffel Tower is 330 metres tall.", "Tokyo Tower was completed in 1958 and is 333 metres tall."]
+
+
+def text_pdf(pages: list[str], title: str) -> bytes:
+    """A minimal valid PDF (one Helvetica text line per page, an Info title, a correct xref table)."""
+    objs = ["<< /Type /Catalog /Pages 2 0 R >>", None, "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+            f"<< /Title ({title}) >>"]
+    kids = []
+    for text in pages:
+        stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+        objs.append(f"<< /Length {len(stream)} >>\nstream\n{stream.decode()}\nendstream")
+        objs.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+                    f"/Contents {len(objs)} 0 R >>")
+        kids.append(f"{len(objs)} 0 R")
+    objs[1] = f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {len(kids)} >>"
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R /Info 4 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
 # ------------------------------------------------------------------------------------------ server
 
 class _Handler(BaseHTTPRequestHandler):
@@ -277,8 +304,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, "<html><head></head><body><script>x=1</script></body></html>", "text/html")
         if path == "/binary":
             return self._send(200, PNG_BYTES, "image/png")
-        if path == "/pdf":
+        if path == "/pdf":       # a header and nothing else: a broken PDF
             return self._send(200, b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "application/pdf")
+        if path == "/paper.pdf":  # a real two-page PDF with a text layer
+            return self._send(200, text_pdf(PDF_PAGES, "Tower survey"), "application/pdf")
         if path == "/sniff-binary":  # no Content-Type at all
             self.send_response(200)
             self.send_header("Content-Length", str(len(PNG_BYTES)))

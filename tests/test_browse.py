@@ -281,12 +281,20 @@ def test_garbage_html_gives_text_not_an_exception(srv):
 
 @pytest.mark.parametrize("path, message", [
     ("/binary", "content type 'image/png' is not text"),
-    ("/pdf", "content type 'application/pdf' is not text"),
+    ("/pdf", "cannot read the PDF"),
     ("/sniff-binary", "the body is binary"),
 ])
 def test_binary_content_is_refused(srv, path, message):
     res = BrowseTool(fetcher=open_fetcher())({"url": srv.url + path})
     assert not res.ok and res.error == "content_type" and message in res.text
+
+
+def test_pdf_pages_are_read_as_text(srv):
+    res = BrowseTool(fetcher=open_fetcher())({"url": f"{srv.url}/paper.pdf"})
+    assert res.ok, res.text
+    assert "[page 1]" in res.text and "The Eiffel Tower is 330 metres tall." in res.text
+    assert "[page 2]" in res.text and "Tokyo Tower was completed in 1958" in res.text
+    assert res.data["title"] == "Tower survey"
 
 
 @pytest.mark.parametrize("path, kind, message", [

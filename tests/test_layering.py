@@ -99,3 +99,13 @@ def test_layers_import_downwards():
     # search never needs a language model; tools never import the loop
     assert imports("sleuth.search", ("sleuth.policy", "sleuth.agent", "sleuth.tools")) == []
     assert imports("sleuth.tools", ("sleuth.agent",)) == []
+
+
+def test_reports_sit_above_the_runtime_and_below_the_commands():
+    graph = import_graph()
+    above = ("sleuth.commands", "sleuth.cli", "sleuth.serve", "sleuth.evals", "sleuth.rl", "sleuth.synth")
+    assert sorted((m, d) for m, ds in graph.items() if m.startswith("sleuth.report")
+                  for d in ds if d.startswith(above)) == []
+    runtime = ("sleuth.agent", "sleuth.tools", "sleuth.search", "sleuth.policy", "sleuth.citations")
+    assert sorted((m, d) for m, ds in graph.items() if m.startswith(runtime)
+                  for d in ds if d.startswith("sleuth.report")) == []

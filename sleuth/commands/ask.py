@@ -35,6 +35,9 @@ def register(app: typer.Typer) -> None:
         online: bool = typer.Option(False, "--online", help="Allow browsing real http(s) URLs."),
         mcp_tools: list[str] = typer.Option([], "--mcp-tools", help="Also give the agent the tools of an MCP "
                                             "server: a URL (streamable HTTP) or a command line (stdio). Repeatable."),
+        web: Optional[str] = typer.Option(None, "--web", help="Search the web instead of an index: searxng "
+                                          "(SEARXNG_URL) | tavily (TAVILY_API_KEY) | brave (BRAVE_API_KEY); "
+                                          "implies --online."),
         seed: int = typer.Option(0, "--seed"),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
         save: Optional[Path] = typer.Option(None, "--save", help="Trajectory JSONL (default: runs/ask.jsonl)."),
@@ -59,7 +62,7 @@ def register(app: typer.Typer) -> None:
                 from sleuth.tools.mcp import MCPToolbox
 
                 toolbox = MCPToolbox.connect(mcp_tools)
-            env = Environment.from_index(index, engine=engine, online=online, search_k=run["search_k"],
+            env = Environment.from_index(index, engine=engine, online=online, web=web, search_k=run["search_k"],
                                          extra_tools=toolbox)
         except (FileNotFoundError, ValueError, OSError) as e:
             console.print(f"[red]{e}[/red]")

@@ -47,6 +47,10 @@ class EvalConfig:
     base_url: str | None = None
     index: str | None = None
     engine: str = "auto"
+    web: str | None = None
+    """Search the web instead of an index: searxng | tavily | brave (keys and URL from the environment)."""
+    online: bool = False
+    """Let the browser open real http(s) pages (web search implies it)."""
     judge: str = "cover"
     judge_model: str | None = None
     """LLM judge (judge = "llm"): the model's name on its server."""
@@ -174,7 +178,8 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
                        api_key_env=cfg.judge_api_key_env)
     if env is None and cfg.mode != "closed-book":
         from sleuth.agent import Environment
-        env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k)
+        env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k, online=cfg.online,
+                                     web=cfg.web)
 
     import torch
 

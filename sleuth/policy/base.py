@@ -54,6 +54,7 @@ class ChatReply:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    cost: float | None = None        # the request's price when the server reports one (usage.cost), else None
 
 
 @runtime_checkable

@@ -87,13 +87,24 @@ class OpenAIPolicy:
         return ChatReply(text=msg.content or "", tool_calls=calls,
                          prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
                          completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-                         finish_reason=choice.finish_reason or "")
+                         finish_reason=choice.finish_reason or "", cost=_cost(usage))
 
     def _where(self) -> str:
         return f"model {self.model!r} at {self.base_url or 'api.openai.com'}"
 
     def __repr__(self) -> str:
         return f"OpenAIPolicy(model={self.model!r}, base_url={self.base_url!r})"
+
+
+def _cost(usage: Any) -> float | None:
+    """The request's price when the server puts one in ``usage`` (OpenRouter and LiteLLM proxies: ``cost``)."""
+    value = getattr(usage, "cost", None) if usage is not None else None
+    if value is None and usage is not None:
+        value = (getattr(usage, "model_extra", None) or {}).get("cost")
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _parse_arguments(raw: str | None) -> dict[str, Any] | str:

@@ -25,6 +25,7 @@ from sleuth.search.corpus import html_to_text
 DEFAULT_USER_AGENT = "Mozilla/5.0 (compatible; sleuth/0.1; research agent)"
 REDIRECT_CODES = {301, 302, 303, 307, 308}
 HTML_TYPES = {"text/html", "application/xhtml+xml"}
+PDF_TYPES = {"application/pdf", "application/x-pdf"}
 TEXT_TYPES = {"text/plain", "text/markdown", "text/x-markdown", "text/csv", "application/json",
               "application/xml", "text/xml"}
 
@@ -158,6 +159,37 @@ def extract_text(markup: str) -> tuple[str, str]:
     return title, text
 
 
+def pdf_text(raw: bytes, url: str, truncated: bool = False, max_pages: int = 200) -> tuple[str, str]:
+    """(title, text) of a PDF: its pages' text, each page headed "[page n]" so the reader knows where it is.
+    A PDF cut at max_bytes, encrypted, scanned (no text layer) or broken is a FetchError that says which."""
+    import io
+
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    if truncated:
+        raise FetchError("too_large", f"cannot read the PDF at {url}: it is larger than the size limit")
+    try:
+        reader = PdfReader(io.BytesIO(raw))
+        if reader.is_encrypted:
+            raise FetchError("content_type", f"cannot read the PDF at {url}: it is encrypted")
+        pages = []
+        for i, page in enumerate(reader.pages[:max_pages], 1):
+            t = (page.extract_text() or "").strip()
+            if t:
+                pages.append(f"[page {i}]\n{t}")
+        meta_title = str((reader.metadata or {}).get("/Title") or "").strip()
+    except FetchError:
+        raise
+    except (PdfReadError, ValueError, KeyError, TypeError, IndexError, OSError) as e:
+        raise FetchError("content_type", f"cannot read the PDF at {url}: {type(e).__name__}: {e}") from None
+    if not pages:
+        raise FetchError("empty_page", f"no text in the PDF at {url} (scanned pages without a text layer?)")
+    text = re.sub(r"[ \t]+", " ", "\n\n".join(pages)).replace("\x00", "")
+    title = meta_title or urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1] or "PDF"
+    return title, text
+
+
 def _looks_binary(raw: bytes) -> bool:
     head = raw[:1024]
     return b"\x00" in head or head.startswith((b"%PDF", b"\x89PNG", b"GIF8", b"\xff\xd8\xff", b"PK\x03\x04"))
@@ -243,10 +275,10 @@ class WebFetcher:
                         raise FetchError(f"http_{resp.status_code}",
                                          f"HTTP {resp.status_code} {resp.reason_phrase} for {current}")
                     ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-                    if ctype and ctype not in HTML_TYPES and ctype not in TEXT_TYPES \
+                    if ctype and ctype not in HTML_TYPES and ctype not in TEXT_TYPES and ctype not in PDF_TYPES \
                             and not ctype.startswith("text/"):
                         raise FetchError("content_type", f"cannot read {current}: content type {ctype!r} is "
-                                                         "not text (only HTML and plain text pages can be read)")
+                                                         "not text (only HTML, plain text and PDF can be read)")
                     raw, truncated = self._read(resp, deadline, url)
                     charset = resp.charset_encoding
                     status = resp.status_code
@@ -256,6 +288,9 @@ class WebFetcher:
                 if "refusing to connect" in str(e):
                     raise FetchError("blocked", f"refusing to fetch {current}: {e}") from None
                 raise FetchError("network", f"cannot fetch {current}: {type(e).__name__}: {e}") from None
+            if ctype in PDF_TYPES or (ctype in ("", "application/octet-stream") and raw.startswith(b"%PDF")):
+                title, text = pdf_text(raw, current, truncated)
+                return WebPage(current, title, text, "application/pdf", status, truncated, time.monotonic() - t0)
             if not ctype and _looks_binary(raw):
                 raise FetchError("content_type", f"cannot read {current}: the body is binary, not text")
             text_body = _decode(raw, charset)

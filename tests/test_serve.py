@@ -692,6 +692,50 @@ def test_report_runs_against_the_documented_report_api(monkeypatch, tmp_path, br
         srv.close()
 
 
+def test_a_real_report_run_streams_its_stages_and_serves_its_cited_html(tmp_path, env, chat_server):
+    """The real ``sleuth.report`` behind the service: a scripted OpenAI-format model on loopback plans, the agent
+    researches the real index, sections are written and verified; the run's events and its report come back
+    over HTTP."""
+    from replay_servers import completion, tool_calls
+
+    from sleuth.policy.openai_policy import OpenAIPolicy
+    from sleuth.report import ReportConfig
+    from sleuth.serve.runners import report
+
+    srv_model = chat_server
+    srv_model.add(200, completion({"content": "# Jane Austen\n## Life\n- Where was Jane Austen born?\n"
+                                              "## Works\n- What did Jane Austen write?"}))
+    for query, answer in (("Jane Austen born", "Steventon, Hampshire"), ("Jane Austen novels", "six novels")):
+        srv_model.add(200, tool_calls(("search", {"queries": [query]})))
+        srv_model.add(200, tool_calls(("finish", {"answer": answer})))
+    srv_model.add(200, completion({"content": "Jane Austen was born in Steventon, Hampshire [1]."}))
+    srv_model.add(200, completion({"content": "Jane Austen was an English novelist known for six novels [1]."}))
+    policy = OpenAIPolicy("scripted", base_url=srv_model.url, max_retries=1)
+    cfg = ReportConfig(words=120, max_sections=2, min_sections=2, questions_per_section=1, max_steps=3,
+                       research_batch=1, charts=False)
+    settings = report.ReportSettings(tmp_path / "reports", config=cfg)
+    srv = service(tmp_path / "runs.db", kinds=[report.kind(policy, env, settings)])
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            run = submit(c, "report", request="Write a report on Jane Austen", answers=["her life and works"])
+            events = sse(c, f"/api/runs/{run['id']}/stream")
+            done = wait_status(c, run["id"], ("done", "failed"))
+            assert done["status"] == "done", done
+            kinds = [e["kind"] for e in events]
+            stages = [e["data"].get("name") for e in events if e["kind"] == "stage"]
+            assert stages == ["plan", "research", "write", "references"] or stages[0] == "clarify", stages
+            assert kinds.count("section") == 2 and "step" in kinds and kinds[-1] == "end"
+            stats = done["result"]["stats"]
+            assert stats["sections"] == 2 and stats["citations_kept"] >= 1 and stats["unique_sources"] >= 1
+            html = c.get(f"/api/runs/{run['id']}/report.html")
+            assert html.status_code == 200 and "Steventon, Hampshire" in html.text and "corpus://t/p1" in html.text
+            md = done["result"]["markdown"]
+            assert "Jane Austen was born in Steventon, Hampshire[1]." in md and "## References" in md
+        assert not srv_model.script                      # every scripted reply was used
+    finally:
+        srv.close()
+
+
 # ------------------------------------------------------------------------------------------ batching
 def test_concurrent_generations_share_batched_calls_and_keep_their_rows():
     from concurrent.futures import ThreadPoolExecutor

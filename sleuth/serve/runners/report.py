@@ -35,6 +35,8 @@ class ReportSettings:
     """Where each report run keeps its working files (``<runs_dir>/<run id>``); server-side only."""
     answer_timeout_s: float = 1800.0
     max_answers: int = 10
+    config: Any = None
+    """The server's ``sleuth.report.ReportConfig`` (None: its defaults); requests cannot change it."""
 
 
 def check(settings: ReportSettings):
@@ -64,7 +66,7 @@ def make_runner(policy: Any, env: Any, settings: ReportSettings):
     def run(params: dict[str, Any], emit: Emitter, cancel: threading.Event) -> dict[str, Any]:
         from sleuth.report import ReportConfig, clarify, run_report
 
-        cfg = ReportConfig()
+        cfg = settings.config or ReportConfig()
         request, answers = params["request"], params.get("answers")
         if answers is None and params.get("clarify", True):
             emit("stage", {"stage": "clarify"})

@@ -6,7 +6,7 @@ bootstrap 95% interval, the research behaviour (searches per trajectory, share s
 that searched for the hidden bridge entity, and that share among correct answers), and for each row after the
 first the paired-bootstrap interval of its difference to every baseline row.
 
-    .venv/bin/python benchmarks/research_rl.py --bench runs/recipe/tasks/bridge2-hops3-test.jsonl \
+    .venv/bin/python benchmarks/research_rl.py --limit 80 \
         --row "untrained, short-bridge=base:short-bridge" --row "untrained, short-2shot=base:short-2shot" \
         --row "shipped policy=sleuth/policies/sleuth-135m-rl:" \
         --row "research RL=runs/recipe/research/export:" --baselines 3 --out benchmarks/results/research_rl.json
@@ -54,7 +54,9 @@ def paired(a: dict[str, float], b: dict[str, float], n: int = 2000, seed: int = 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--bench", required=True, help="task file or benchmark name")
+    ap.add_argument("--bench", default="runs/recipe/tasks/bridge2-hops3-test.jsonl",
+                    help="task file or benchmark name; the default test split of two-hop bridges is synthesised "
+                         "when missing (1000 candidates, hops stage at k=3 on the passages index, 25%% set aside)")
     ap.add_argument("--row", action="append", required=True, help="LABEL=MODEL:PROMPT")
     ap.add_argument("--baselines", type=int, default=1, help="the first N rows are baselines")
     ap.add_argument("--limit", type=int, default=None)
@@ -68,6 +70,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/research_rl.json")
     args = ap.parse_args()
 
+    if args.bench.endswith("bridge2-hops3-test.jsonl") and not Path(args.bench).is_file():
+        from sleuth.rl.recipe import TaskFile, make_task_file
+
+        make_task_file(TaskFile(out=args.bench.replace("-test.jsonl", ".jsonl"), n=1000, mix="bridge=1", hops=[2],
+                                hops_k=3, index=args.index, test_share=0.25))
     rows = []
     for spec in args.row:
         label, _, rest = spec.partition("=")

@@ -257,8 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["embedders"] = {"torch": "sentence-transformers all-MiniLM-L6-v2, PyTorch float32, batches of 64 "
                                     "sorted by length (the build's path before onnx-int8)",
                            "onnx-int8": "the same model exported to ONNX, fused, int8 dynamic quantisation per "
-                                        f"channel, ONNX Runtime, token-length-bucketed batches of "
-                                        f"{embedders['onnx-int8'].batch}",
+                                        "channel, ONNX Runtime, one text per run (no padding)",
                            "onnx_model": str(embedders["onnx-int8"].path), "max_tokens": max_tokens}
     count = ix.meta["count"]
     rows = list(range(0, count, max(1, count // ns.sample)))[:ns.sample]

@@ -1,8 +1,8 @@
 """Sentence embedders for dense search: all-MiniLM-L6-v2 run two ways behind one interface.
 
 ``onnx-int8`` (the default): the model exported from the package's own files to ONNX, its operators
-fused and its matrix multiplications dynamically quantised to int8, run by ONNX Runtime with
-length-bucketed batches. ``torch``: the sentence-transformers model in PyTorch (float32), used when
+fused and its matrix multiplications dynamically quantised to int8, run by ONNX Runtime one text at a
+time (no padding at all, and a text's vector never depends on its batch-mates). ``torch``: the sentence-transformers model in PyTorch (float32), used when
 ONNX Runtime is missing or the export fails (a log line says so), and for indexes built with it.
 
 The two give different vectors for the same text (cosine agreement ~0.99, benchmarks/embedding.py), so an
@@ -18,6 +18,7 @@ import shutil
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -57,7 +58,7 @@ def passage_text(title: str, text: str) -> str:
 
 
 def _threads() -> int:
-    """SLEUTH_THREADS when set (one thread is fastest on a shared small machine), else the runtime's default."""
+    """SLEUTH_THREADS when set (one thread is fastest on a shared small machine), else 0 (all cores)."""
     return int(os.environ.get("SLEUTH_THREADS") or 0)
 
 
@@ -213,8 +214,6 @@ def export_onnx_int8(model_dir: Path, out: Path) -> Path:
 
 class OnnxEmbedder:
     kind = "onnx-int8"
-    batch = 16
-    """Passages per run in embed(): measured fastest on one or two CPU threads (16 vs 32/64)."""
 
     def __init__(self, max_tokens: int = 128, model_dir: str | Path | None = None):
         import onnxruntime as ort
@@ -225,8 +224,12 @@ class OnnxEmbedder:
         if not path.is_file():
             export_onnx_int8(model_dir, path)
         so = ort.SessionOptions()
-        so.intra_op_num_threads = _threads()
+        # One thread per run, several runs at once: a text's ~100 tokens are too small a job to split
+        # across cores, while texts are independent (Run is thread-safe and releases the GIL).
+        so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
+        self.workers = _threads() or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-embed") if self.workers > 1 else None
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see OMP_WAIT_POLICY above
         so.log_severity_level = 3
         self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
@@ -238,36 +241,38 @@ class OnnxEmbedder:
         self.max_tokens = max_tokens
         self.dim = int(self.session.get_outputs()[0].shape[-1] or 384)
 
-    def _run(self, encodings: list) -> np.ndarray:
-        n = max(len(e.ids) for e in encodings)
-        ids = np.zeros((len(encodings), n), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for j, e in enumerate(encodings):
-            ids[j, :len(e.ids)] = e.ids
-            mask[j, :len(e.ids)] = 1
-        hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask,
-                                         "token_type_ids": np.zeros_like(ids)})[0]
-        m = mask[..., None].astype(np.float32)
-        v = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)  # mean pooling, as the model was trained
-        return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    def _run(self, ids: list[int]) -> np.ndarray:
+        """One text per run. Dynamic quantisation scales each activation tensor by its own range, so in a
+        padded batch a text's vector would depend on its batch-mates (measured: cosine 0.990 between the
+        same passage alone and in a batch of 16); alone, a text always gets the same vector. One at a time
+        is as fast here (a passage's ~100 tokens already fill the int8 kernels) and pads nothing."""
+        x = np.asarray(ids, dtype=np.int64)[None, :]
+        hidden = self.session.run(None, {"input_ids": x, "attention_mask": np.ones_like(x),
+                                         "token_type_ids": np.zeros_like(x)})[0][0]
+        v = hidden.mean(axis=0)  # mean pooling over the tokens, as the model was trained
+        return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+    def _run_all(self, texts: list[str]) -> list[np.ndarray]:
+        ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        if self._pool is None or len(ids) == 1:
+            return [self._run(x) for x in ids]
+        return list(self._pool.map(self._run, ids))
 
     def embed(self, texts, batch_size=None, on_progress=None) -> np.ndarray:
-        """Length-bucketed: passages sorted by token count, so each batch pads to nearly its own length."""
-        batch_size = batch_size or self.batch
+        """``batch_size`` only sets how often progress is reported: every text runs alone (see _run)."""
+        step = batch_size or 64
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        chunk = 1024
-        for start in range(0, len(texts), chunk):  # tokenise in chunks: progress shows from the start
-            encs = self.tokenizer.encode_batch(list(texts[start:start + chunk]))
-            order = np.argsort([len(e.ids) for e in encs], kind="stable")
-            for s in range(0, len(order), batch_size):
-                idx = order[s:s + batch_size]
-                out[start + idx] = self._run([encs[i] for i in idx])
-                if on_progress:
-                    on_progress(len(idx))
+        for start in range(0, len(texts), step):
+            chunk = list(texts[start:start + step])
+            out[start:start + len(chunk)] = self._run_all(chunk)
+            if on_progress:
+                on_progress(len(chunk))
         return out
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self._run(self.tokenizer.encode_batch(texts))
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack(self._run_all(texts))
 
 
 # ---------------------------------------------------------------------------------------------- choice

@@ -6,7 +6,8 @@ Measures, on the offline corpus (28k passages) and the dev questions:
   * agreement: cosine between the two embeddings of each passage (sample and full corpus);
   * quality: any@10 / all@10 per dataset, dense and hybrid, for the torch index (the existing ``passages``
     index, embedded by the PyTorch path), the int8 one (the same passages embedded here by onnx-int8) and
-    the mixed case (torch passages, int8 queries) — the ranking logic of benchmarks/retrieval.py;
+    the mixed case (torch passages, int8 queries) — the ranking logic of benchmarks/retrieval.py; with
+    --subset N over N passages (every supporting passage of the dev questions + random ones) instead;
   * hybrid latency: p50/p99 of an 8-query batch (search_batch with snippets) on 28k passages with each
     embedder, cache emptied before every batch, and with a warm cache;
   * scale: hybrid 8-query batch latency at ~1M passages (see section_scale for how they are made).
@@ -39,9 +40,9 @@ from retrieval import batches, pct, quality, timed_batches  # noqa: E402
 
 from sleuth import paths  # noqa: E402
 from sleuth.search.dense import DenseConfig, DenseEngine, build_faiss, passage_text  # noqa: E402
-from sleuth.search.embedders import get_embedder  # noqa: E402
+from sleuth.search.embedders import OnnxEmbedder, get_embedder  # noqa: E402
 from sleuth.search.hybrid import HybridEngine  # noqa: E402
-from sleuth.search.index import open_index  # noqa: E402
+from sleuth.search.index import build_index, open_index  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "results" / "embedding.json"
 
@@ -78,10 +79,10 @@ def section_throughput(texts: list[str], embedders: dict, rounds: int, report: d
     return out
 
 
-def full_int8_embeddings(ix, texts: list[str], emb) -> tuple[np.ndarray, float, bool]:
-    """The int8 embeddings of the whole corpus, cached beside the state dir keyed by the passages."""
+def corpus_int8_embeddings(name: str, texts: list[str], emb) -> tuple[np.ndarray, float, bool]:
+    """The int8 embeddings of the corpus, cached under the state dir keyed by the passages."""
     key = hashlib.sha256(("\x00".join(texts) + str(emb.path)).encode()).hexdigest()[:16]
-    cache = paths.home() / "bench" / f"embedding-int8-{ix.name}-{key}.npy"
+    cache = paths.home() / "bench" / f"embedding-int8-{name}-{key}.npy"
     if cache.exists():
         return np.load(cache), 0.0, True
     done = [0]
@@ -104,9 +105,36 @@ def flat_engine(ix, vectors: np.ndarray, embedder) -> DenseEngine:
     return DenseEngine(ix.name, ix.docs, build_faiss(vectors, DenseConfig()), lambda: embedder)
 
 
-def section_quality(ix, dev: list[dict], torch_emb, int8_emb, int8_vectors: np.ndarray, k: int, batch: int,
-                    report: dict) -> None:
-    torch_vectors = np.load(ix.path / "dense" / "embeddings.npy")
+def subset_corpus(ix, dev: list[dict], n: int, torch_vectors: np.ndarray):
+    """A smaller corpus for the quality section: every passage whose title supports a dev question, then
+    passages drawn at random (seed 0) up to n. Indexed lexically like any corpus (a fresh index under a
+    private state dir); its torch vectors are the full index's rows for those passages."""
+    support = {t.lower() for d in dev for t in d["supporting_titles"]}
+    rows_sup = [i for i, p in enumerate(ix.docs) if p.title.lower() in support]
+    rest = np.setdiff1d(np.arange(ix.meta["count"]), rows_sup)
+    extra = np.random.default_rng(0).choice(rest, size=max(0, n - len(rows_sup)), replace=False)
+    rows = sorted(set(rows_sup) | set(extra.tolist()))
+    home = paths.home() / "bench" / "embedding-subset-home"
+    src = home / f"subset-{len(rows)}.jsonl"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_text("".join(json.dumps({"id": p.id, "title": p.title, "text": p.text}) + "\n"
+                           for p in ix.docs.get_rows(rows)))
+    old = os.environ.get("SLEUTH_HOME")
+    os.environ["SLEUTH_HOME"] = str(home)
+    try:
+        build_index(src, "subset", dense=False, progress=False)
+        sub = open_index("subset")
+        sub.engine("lexical")
+    finally:
+        if old is None:
+            os.environ.pop("SLEUTH_HOME")
+        else:
+            os.environ["SLEUTH_HOME"] = old
+    return sub, torch_vectors[rows], {"passages": len(rows), "supporting": len(rows_sup), "random": len(extra)}
+
+
+def section_quality(ix, dev: list[dict], torch_emb, int8_emb, torch_vectors: np.ndarray,
+                    int8_vectors: np.ndarray, k: int, batch: int, report: dict) -> None:
     cos = (torch_vectors * int8_vectors).sum(axis=1)
     titles = [p.title for p in ix.docs]
     dev_q = [d for d in dev if d["supporting_titles"]]
@@ -115,7 +143,7 @@ def section_quality(ix, dev: list[dict], torch_emb, int8_emb, int8_vectors: np.n
     lex = ix.engine("lexical")
     setups = {"torch": (torch_vectors, torch_emb), "onnx-int8": (int8_vectors, int8_emb),
               "mixed: torch passages, int8 queries": (torch_vectors, int8_emb)}
-    out: dict = {"cosine_torch_vs_int8_all_passages": {"n": len(cos), "mean": round(float(cos.mean()), 5),
+    out: dict = {"corpus": ix.name, "cosine_torch_vs_int8_all_passages": {"n": len(cos), "mean": round(float(cos.mean()), 5),
                                                        "min": round(float(cos.min()), 5),
                                                        "p1": round(float(np.percentile(cos, 1)), 5)},
                  "dev_questions": len(dev_q), "setups": {}}
@@ -140,9 +168,9 @@ def section_quality(ix, dev: list[dict], torch_emb, int8_emb, int8_vectors: np.n
         hybrid._pool.shutdown()
     t, q = out["setups"]["torch"]["hybrid"], out["setups"]["onnx-int8"]["hybrid"]
     out["hybrid_all@10_delta_int8_minus_torch"] = {ds: round(q[ds]["all@10"] - t[ds]["all@10"], 4) for ds in t}
-    out["note"] = ("full dev set with supporting titles, full 28k corpus; latency = search_batch of 8 dev "
-                   "questions (docstore reads and snippets included), query cache emptied before each batch "
-                   "unless 'cached'")
+    out["note"] = (f"all dev questions with supporting titles, over the {len(titles)}-passage corpus "
+                   f"{ix.name!r}; latency = search_batch of 8 dev questions (docstore reads and snippets "
+                   "included), query cache emptied before each batch unless 'cached'")
     report["quality"] = out
 
 
@@ -156,15 +184,16 @@ class ModDocs:
         return self.docs.get_rows([r % self.n for r in rows])
 
 
-def section_scale(ix, dev: list[dict], int8_emb, int8_vectors: np.ndarray, scale: int, k: int, batch: int,
+def section_scale(ix, dev: list[dict], int8_emb, vectors: np.ndarray, scale: int, k: int, batch: int,
                   report: dict) -> None:
     """~1M passages: perturbed copies of the 28k real ones on both sides, searched end to end.
 
     Lexical: copy c of passage i keeps each of its stems with probability 0.9 and gains a copy tag, so
     posting lists and document lengths grow as in a 36x larger corpus of the same kind of text. Dense:
-    copy c of embedding i is the real int8 embedding plus Gaussian noise sized for cosine ~0.9 to the
-    original (clusters like real topics, not uniform noise, so IVF lists are as unbalanced as real ones).
-    Queries are real dev questions encoded by the int8 embedder; results carry real snippets.
+    copy c of embedding i is the real embedding of passage i (the index's) plus Gaussian noise sized for
+    cosine ~0.9 to the original (clusters like real topics, not uniform noise, so IVF lists are as
+    unbalanced as real ones). Queries are real dev questions encoded by the int8 embedder; results carry
+    real snippets (copy c of passage i shows passage i's text).
     """
     import bm25s
 
@@ -198,12 +227,12 @@ def section_scale(ix, dev: list[dict], int8_emb, int8_vectors: np.ndarray, scale
     mdocs = ModDocs(ix.docs, n_real)
     lex = lexical_mod.LexicalEngine(ix.name, mdocs, fields["body"], fields["title"], cfg)
 
-    d = int8_vectors.shape[1]
+    d = vectors.shape[1]
     sigma = np.float32(np.sqrt((1 / 0.9 ** 2 - 1) / d))
     big = np.empty((n, d), dtype=np.float32)
-    big[:n_real] = int8_vectors
+    big[:n_real] = vectors
     for c in range(1, copies):
-        block = int8_vectors + sigma * rng.standard_normal(int8_vectors.shape, dtype=np.float32)
+        block = vectors + sigma * rng.standard_normal(vectors.shape, dtype=np.float32)
         block /= np.linalg.norm(block, axis=1, keepdims=True)
         big[c * n_real:(c + 1) * n_real] = block
     t = time.perf_counter()
@@ -220,8 +249,8 @@ def section_scale(ix, dev: list[dict], int8_emb, int8_vectors: np.ndarray, scale
                                before=dense.clear_cache)
     report["scale"] = {
         "passages": n, "copies": copies, "how": section_scale.__doc__.split("\n\n", 1)[1].strip(),
-        "lexical_index_seconds": round(lex_build, 1), "ivf": type(ivf).__name__, "nlist": int(ivf.nlist),
-        "nprobe": int(ivf.nprobe), "ivf_build_seconds": round(ivf_build, 1),
+        "lexical_index_seconds": round(lex_build, 1), "ivf": type(ivf).__name__, "nlist": int(getattr(ivf, "nlist", 0)),
+        "nprobe": int(getattr(ivf, "nprobe", 0)), "ivf_build_seconds": round(ivf_build, 1),
         "hybrid_batch_p50_ms": pct(cold, 50), "hybrid_batch_p99_ms": pct(cold, 99),
         "hybrid_batch_cpu_p50_ms": pct(cold.cpu, 50),
         "lexical_rank_batch_p50_ms": pct(lex_only, 50), "dense_rank_batch_p50_ms": pct(dense_only, 50),
@@ -237,6 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sample", type=int, default=512, help="passages in the throughput section")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--subset", type=int, default=0,
+                    help="quality on this many passages (all supporting ones + random) instead of the corpus")
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -266,19 +297,51 @@ def main(argv: list[str] | None = None) -> dict:
     section_throughput(sample, embedders, ns.rounds, report)
     print(json.dumps(report["throughput"]), flush=True)
     dev = [json.loads(line) for line in ns.dev.read_text().splitlines() if line.strip()]
-    if not ns.no_quality or not ns.no_scale:
-        texts = [passage_text(p.title, p.text) for p in ix.docs]
-        vectors, secs, cached = full_int8_embeddings(ix, texts, embedders["onnx-int8"])
-        report["int8_corpus"] = {"passages": len(texts), "seconds": round(secs, 1), "reused_from_cache": cached,
-                                 "passages_per_s_wall": round(len(texts) / secs, 1) if secs else None,
-                                 "torch_build_embed_seconds_recorded_in_index": ix.meta["build_seconds"].get("embed")}
+    torch_vectors = np.load(ix.path / "dense" / "embeddings.npy")
     if not ns.no_quality:
-        print("quality and latency on the full corpus", flush=True)
-        section_quality(ix, dev, embedders["torch"], embedders["onnx-int8"], vectors, 10, 8, report)
+        corpus, corpus_torch, subset = ix, torch_vectors, None
+        if ns.subset:
+            corpus, corpus_torch, subset = subset_corpus(ix, dev, ns.subset, torch_vectors)
+        texts = [passage_text(p.title, p.text) for p in corpus.docs]
+        # The corpus is embedded as `sleuth index` would: every core (same vectors as one thread: each text
+        # runs alone), a rate for information; the ratio above is the like-for-like one.
+        threads = os.environ.pop("SLEUTH_THREADS", None)
+        corpus_emb = OnnxEmbedder(max_tokens)
+        if threads is not None:
+            os.environ["SLEUTH_THREADS"] = threads
+        print(f"int8 embeddings of {len(texts)} passages ({corpus_emb.workers} workers)", flush=True)
+        vectors, secs, cached = corpus_int8_embeddings(corpus.name, texts, corpus_emb)
+        report["int8_corpus"] = {"passages": len(texts), "workers": corpus_emb.workers, "seconds": round(secs, 1),
+                                 "reused_from_cache": cached,
+                                 "passages_per_s_wall": round(len(texts) / secs, 1) if secs else None,
+                                 "subset": subset}
+        print("quality and latency", flush=True)
+        section_quality(corpus, dev, embedders["torch"], embedders["onnx-int8"], corpus_torch, vectors, 10, 8,
+                        report)
+        if subset:
+            report["quality"]["subset"] = {**subset, "why": "embedding the full 28k corpus with int8 takes too "
+                                           "long on this shared machine; all@10 here is over the subset, so "
+                                           "compare the torch and int8 rows with each other, not with the "
+                                           "full-corpus numbers of benchmarks/results/retrieval.json"}
         print(json.dumps(report["quality"]["hybrid_all@10_delta_int8_minus_torch"]), flush=True)
+        if subset:  # latency on the full 28k index too (the quality rows above ran on the subset)
+            full = {}
+            for kind, emb in embedders.items():
+                dense = flat_engine(ix, torch_vectors, emb)  # vectors do not change the cost
+                hybrid = HybridEngine(ix.engine("lexical"), dense)
+                lq = [d["question"] for d in dev]
+                cold = timed_batches(lambda b: hybrid.search_batch(b, 10), lq, 8, before=dense.clear_cache)
+                full[kind] = {"hybrid_batch_p50_ms": pct(cold, 50), "hybrid_batch_p99_ms": pct(cold, 99),
+                              "hybrid_batch_cpu_p50_ms": pct(cold.cpu, 50)}
+                hybrid._pool.shutdown()
+            full["note"] = (f"the full {ix.meta['count']}-passage index's lexical side and docstore, its stored "
+                            "vectors (latency does not depend on their values), queries encoded by each embedder, "
+                            "query cache emptied before each batch")
+            report["latency_full_index"] = full
+            print(json.dumps(full), flush=True)
     if not ns.no_scale:
         print(f"scale: ~{ns.scale} passages", flush=True)
-        section_scale(ix, dev, embedders["onnx-int8"], vectors, ns.scale, 10, 8, report)
+        section_scale(ix, dev, embedders["onnx-int8"], torch_vectors, ns.scale, 10, 8, report)
         print(json.dumps({k: v for k, v in report["scale"].items() if k != "how"}), flush=True)
     report["machine"]["loadavg_at_end"] = loadavg()
     report["benchmark_seconds"] = round(time.perf_counter() - t0, 1)

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "one-time ONNX export), the search, the ask (with the one-time policy weight conversion)",
                     "not_counted": "make setup (pip install): the clone's .venv is a symlink to an installed one",
                     "command": "make -o .venv/.installed demo", "lines": []}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(["make", "-o", ".venv/.installed", "demo"], cwd=clone, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1)
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{el:7.1f}s  {line}", flush=True)
     rc = proc.wait()
     report["seconds"] = round(time.perf_counter() - t0, 1)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of everything the demo ran: what the work costs, whatever else the machine was doing
+    report["cpu_seconds"] = round(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime, 1)
     report["exit_code"] = rc
     report["answer_mentions_leonardo"] = any("Leonardo" in ln for ln in report["lines"][-40:])
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(json.dumps(report, indent=1))
-    print(f"make demo: {report['seconds']} s (exit {rc}); wrote {ns.out}")
+    print(f"make demo: {report['seconds']} s wall, {report['cpu_seconds']} s CPU (exit {rc}); wrote {ns.out}")
     return report
 
 

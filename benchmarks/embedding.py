@@ -274,6 +274,15 @@ def main(argv: list[str] | None = None) -> dict:
     ns = ap.parse_args(argv)
 
     t0 = time.perf_counter()
+
+    def save(final: bool = False) -> None:
+        """Written after every section: a long run that is stopped keeps what it measured."""
+        report["complete"] = final
+        report["machine"]["loadavg_at_end"] = loadavg()
+        report["benchmark_seconds"] = round(time.perf_counter() - t0, 1)
+        ns.out.parent.mkdir(parents=True, exist_ok=True)
+        ns.out.write_text(json.dumps(report, indent=1))
+
     report: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                 "platform": platform.platform(), "loadavg_at_start": loadavg(),
                                 "niceness": os.nice(0)},
@@ -296,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"throughput on {len(sample)} passages x {ns.rounds} rounds", flush=True)
     section_throughput(sample, embedders, ns.rounds, report)
     print(json.dumps(report["throughput"]), flush=True)
+    save()
     dev = [json.loads(line) for line in ns.dev.read_text().splitlines() if line.strip()]
     torch_vectors = np.load(ix.path / "dense" / "embeddings.npy")
     if not ns.no_quality:
@@ -324,6 +334,7 @@ def main(argv: list[str] | None = None) -> dict:
                                            "compare the torch and int8 rows with each other, not with the "
                                            "full-corpus numbers of benchmarks/results/retrieval.json"}
         print(json.dumps(report["quality"]["hybrid_all@10_delta_int8_minus_torch"]), flush=True)
+        save()
         if subset:  # latency on the full 28k index too (the quality rows above ran on the subset)
             full = {}
             for kind, emb in embedders.items():
@@ -339,14 +350,12 @@ def main(argv: list[str] | None = None) -> dict:
                             "query cache emptied before each batch")
             report["latency_full_index"] = full
             print(json.dumps(full), flush=True)
+            save()
     if not ns.no_scale:
         print(f"scale: ~{ns.scale} passages", flush=True)
         section_scale(ix, dev, embedders["onnx-int8"], torch_vectors, ns.scale, 10, 8, report)
         print(json.dumps({k: v for k, v in report["scale"].items() if k != "how"}), flush=True)
-    report["machine"]["loadavg_at_end"] = loadavg()
-    report["benchmark_seconds"] = round(time.perf_counter() - t0, 1)
-    ns.out.parent.mkdir(parents=True, exist_ok=True)
-    ns.out.write_text(json.dumps(report, indent=1))
+    save(final=True)
     print(f"wrote {ns.out} in {report['benchmark_seconds']}s")
     return report
 

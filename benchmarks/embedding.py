@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--index", default="passages", help="an index embedded by the PyTorch path (today's)")
     ap.add_argument("--dev", type=Path, default=paths.shared_data() / "qa" / "dev.jsonl")
-    ap.add_argument("--sample", type=int, default=512, help="passages in the throughput section")
+    ap.add_argument("--sample", type=int, default=512, help="passages in the throughput section (0: skip it)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--subset", type=int, default=0,
@@ -300,12 +300,13 @@ def main(argv: list[str] | None = None) -> dict:
                                         "channel, ONNX Runtime, one text per run (no padding)",
                            "onnx_model": str(embedders["onnx-int8"].path), "max_tokens": max_tokens}
     count = ix.meta["count"]
-    rows = list(range(0, count, max(1, count // ns.sample)))[:ns.sample]
+    rows = list(range(0, count, max(1, count // max(1, ns.sample))))[:ns.sample]
     sample = [passage_text(p.title, p.text) for p in ix.docs.get_rows(rows)]
-    print(f"throughput on {len(sample)} passages x {ns.rounds} rounds", flush=True)
-    section_throughput(sample, embedders, ns.rounds, report)
-    print(json.dumps(report["throughput"]), flush=True)
-    save()
+    if ns.sample:
+        print(f"throughput on {len(sample)} passages x {ns.rounds} rounds", flush=True)
+        section_throughput(sample, embedders, ns.rounds, report)
+        print(json.dumps(report["throughput"]), flush=True)
+        save()
     dev = [json.loads(line) for line in ns.dev.read_text().splitlines() if line.strip()]
     torch_vectors = np.load(ix.path / "dense" / "embeddings.npy")
     if not ns.no_quality:

@@ -38,6 +38,11 @@ def register(app: typer.Typer) -> None:
         if source and embedded:
             typer.echo("Error: give a SOURCE or --embedded, not both", err=True)
             raise typer.Exit(2)
+        from sleuth.search.embedders import KINDS
+
+        if embedder not in ("auto",) + KINDS:
+            typer.echo(f"Error: unknown --embedder {embedder!r}: choose auto, {', '.join(KINDS)}", err=True)
+            raise typer.Exit(2)
         try:
             path = build_index(None if embedded else source, name, dense=not no_dense,
                                batch_size=batch_size, progress=not quiet,

@@ -278,3 +278,12 @@ def test_cli_bad_corpus_files_get_one_clear_line(tmp_path, monkeypatch):
     assert f"skipped {folder / 'noise2.md'}: binary" in res.output
     assert "2 passages" in res.output and "2 files skipped (not text)" in res.output
     assert open_index("docs").meta["skipped_files"][0].startswith(str(folder / "noise.txt"))
+
+
+def test_top_k_selects_among_matching_passages_with_ties_by_row():
+    from sleuth.search.lexical import top_k
+
+    scores = np.array([0.0, 2.0, 5.0, 2.0, 0.0, 1.0])
+    assert top_k(scores, 3) == [(2, 5.0), (1, 2.0), (3, 2.0)]
+    assert top_k(scores, 10) == [(2, 5.0), (1, 2.0), (3, 2.0), (5, 1.0)]  # never a passage scoring 0
+    assert top_k(np.zeros(4), 2) == [] and top_k(scores, 0) == []

@@ -25,19 +25,29 @@ def register(app: typer.Typer) -> None:
         name: Optional[str] = typer.Option(None, "--name", help="index name (default: 'wiki' for the embedded "
                                                                "corpus, else the file or folder name)"),
         no_dense: bool = typer.Option(False, "--no-dense", help="BM25 only: skip the (slow) embeddings"),
-        batch_size: int = typer.Option(64, "--batch-size", min=1, help="passages per embedding batch"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1,
+                                                 help="passages per embedding batch (default: the embedder's)"),
+        embedder: str = typer.Option("auto", "--embedder",
+                                     help="auto (onnx-int8 when ONNX Runtime works), onnx-int8 or torch"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ) -> None:
         """Build (or incrementally rebuild) a search index; unchanged passages keep their embeddings."""
+        from sleuth.search.dense import DenseConfig
         from sleuth.search.index import build_index, open_index
 
         if source and embedded:
             typer.echo("Error: give a SOURCE or --embedded, not both", err=True)
             raise typer.Exit(2)
+        from sleuth.search.embedders import KINDS
+
+        if embedder not in ("auto",) + KINDS:
+            typer.echo(f"Error: unknown --embedder {embedder!r}: choose auto, {', '.join(KINDS)}", err=True)
+            raise typer.Exit(2)
         try:
             path = build_index(None if embedded else source, name, dense=not no_dense,
-                               batch_size=batch_size, progress=not quiet)
-        except (FileNotFoundError, ValueError) as e:
+                               batch_size=batch_size, progress=not quiet,
+                               dense_config=DenseConfig(embedder=embedder))
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
             typer.echo(f"Error: {e}", err=True)
             raise typer.Exit(1)
         meta = open_index(path.name).meta
@@ -46,7 +56,8 @@ def register(app: typer.Typer) -> None:
         secs = meta["build_seconds"]
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in secs.items() if k != "total")
         dense = meta["engines"]["dense"]
-        reuse = f"; embeddings: {dense['embedded']} computed, {dense['reused']} reused" if dense else ""
+        reuse = (f"; embeddings ({dense.get('embedder', 'torch')}): {dense['embedded']} computed, "
+                 f"{dense['reused']} reused" if dense else "")
         n_skipped = len(meta.get("skipped_files", []))
         skipped = f"; {n_skipped} file{'s' if n_skipped != 1 else ''} skipped (not text)" if n_skipped else ""
         typer.echo(f"index {meta['name']!r}: {meta['count']} passages in {secs['total']:.1f}s ({stages}){reuse}"

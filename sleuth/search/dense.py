@@ -1,4 +1,5 @@
-"""Dense search: all-MiniLM-L6-v2 sentence embeddings (CPU) in a faiss inner-product index.
+"""Dense search: all-MiniLM-L6-v2 sentence embeddings (CPU, sleuth.search.embedders) in a faiss
+inner-product index.
 
 Embeddings are L2-normalised float32, so inner product = cosine. Small corpora use an exact
 ``IndexFlatIP``; above ``DenseConfig.flat_max`` passages an ``IndexIVFFlat`` (k-means lists, exact
@@ -8,26 +9,23 @@ many minutes to build on a few CPU cores.
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
-from sleuth import paths
 from sleuth.search.docstore import DocStore
 from sleuth.search.base import SearchEngine, SearchResponse, SearchResult
 from sleuth.search.lexical import Ranked, batch_responses, to_results
+from sleuth.search.embedders import (MODEL_NAME, Embedder, get_embedder, passage_text,  # noqa: F401
+                                     load_sentence_transformer as load_embedder, st_dim as embedding_dim,
+                                     st_embed as embed, st_encode as encode_queries)
 
-MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-
-# OpenMP threads busy-wait by default. On a shared, oversubscribed CPU (rollout workers, other jobs)
-# that made an 8-query encode take ~920 ms instead of ~90 ms. The runtime reads this when it loads (at
-# the first torch import), so it is set here, before torch is imported; an explicit setting wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,70 +38,10 @@ class DenseConfig:
     nprobe: int = 32
     """IVF lists searched per query."""
     query_cache: int = 4096
-    """Query embeddings kept (least recently added dropped first)."""
-
-
-_EMBEDDERS: dict[tuple[str, int], object] = {}
-_EMBEDDERS_LOCK = threading.Lock()
-
-
-def load_embedder(max_tokens: int = 128, model_dir: str | Path | None = None):
-    """The sentence-transformers model from the local package path, loaded once per process and shared."""
-    model_dir = str(model_dir or paths.embedded_embedder_dir())
-    key = (model_dir, max_tokens)
-    with _EMBEDDERS_LOCK:
-        model = _EMBEDDERS.get(key)
-        if model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-            model = SentenceTransformer(model_dir, device="cpu")
-            model.max_seq_length = max_tokens
-            _EMBEDDERS[key] = model
-    return model
-
-
-def embedding_dim(model) -> int:
-    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return int(get())
-
-
-def passage_text(title: str, text: str) -> str:
-    return f"{title}\n{text}" if title else text
-
-
-def embed(model, texts: Sequence[str], batch_size: int = 64,
-          on_progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Normalised float32 embeddings, (len(texts), dim). Sorted by length first so batches pad little."""
-    dim = embedding_dim(model)
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    chunk = batch_size * 8
-    for start in range(0, len(order), chunk):
-        idx = order[start:start + chunk]
-        out[idx] = model.encode([texts[i] for i in idx], batch_size=batch_size, normalize_embeddings=True,
-                                convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
-        if on_progress:
-            on_progress(len(idx))
-    return out
-
-
-def encode_queries(model, texts: list[str]) -> np.ndarray:
-    """Normalised embeddings of a small batch in one forward pass through the model's modules.
-
-    Same numbers as ``model.encode`` (checked in tests) without its per-call bookkeeping, which is
-    10-20% of the time of an 8-query batch on CPU.
-    """
-    import torch
-
-    with torch.inference_mode():
-        features = model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length,
-                                   return_tensors="pt")
-        out = model(dict(features))["sentence_embedding"]
-        return torch.nn.functional.normalize(out, dim=-1).float().numpy()
+    """Query embeddings kept (least recently used dropped first)."""
+    embedder: str = "auto"
+    """'onnx-int8', 'torch', or 'auto' (onnx-int8 when ONNX Runtime works). An opened index uses the
+    embedder that made its vectors."""
 
 
 def build_faiss(emb: np.ndarray, config: DenseConfig):
@@ -134,7 +72,7 @@ def index_kind(index) -> str:
 class DenseEngine(SearchEngine):
     name = "dense"
 
-    def __init__(self, index_name: str, docs: DocStore, faiss_index, embedder: Callable[[], object],
+    def __init__(self, index_name: str, docs: DocStore, faiss_index, embedder: Callable[[], Embedder],
                  config: DenseConfig | None = None):
         """``embedder`` is a zero-argument callable so the model loads on the first query, not at open."""
         self.index_name = index_name
@@ -155,21 +93,26 @@ class DenseEngine(SearchEngine):
 
     @classmethod
     def load(cls, dense_dir: Path, index_name: str, docs: DocStore, max_tokens: int = 128,
-             config: DenseConfig | None = None) -> "DenseEngine":
+             config: DenseConfig | None = None, embedder_kind: str = "torch") -> "DenseEngine":
+        """``embedder_kind``: the embedder that made the index's vectors; queries are encoded by it."""
         import faiss
 
         index = faiss.read_index(str(dense_dir / "faiss.index"))
-        return cls(index_name, docs, index, lambda: load_embedder(max_tokens), config)
+        return cls(index_name, docs, index, lambda: query_embedder(index_name, embedder_kind, max_tokens), config)
 
     def encode(self, queries: list[str]) -> np.ndarray:
         """Query embeddings: cached ones reused, the rest in one forward pass.
 
         The cache matters in RL rollouts, where the samples of one question often send the same query.
         """
-        out = [self._cache.get(q) for q in queries]
+        with self._cache_lock:
+            out = [self._cache.get(q) for q in queries]
+            for q, e in zip(queries, out):
+                if e is not None:
+                    self._cache.move_to_end(q)
         todo = list(dict.fromkeys(q for q, e in zip(queries, out) if e is None))
         if todo:
-            fresh = dict(zip(todo, encode_queries(self._embedder(), todo)))
+            fresh = dict(zip(todo, self._embedder().encode(todo)))
             with self._cache_lock:
                 for q, e in fresh.items():
                     self._cache[q] = e
@@ -216,3 +159,30 @@ class DenseEngine(SearchEngine):
 
     def search_batch(self, queries: list[str], k: int = 10) -> list[SearchResponse]:
         return batch_responses(self, self.docs, self.index_name, queries, k, self.rank)
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def query_embedder(index_name: str, kind: str, max_tokens: int) -> Embedder:
+    """The embedder that made the index's vectors. When it cannot run here, the other embedder of the same
+    model encodes the queries (cosine agreement ~0.99, benchmarks/results/embedding.json) and the user
+    is told how to rebuild; an index made by the slower PyTorch embedder gets a hint to rebuild too."""
+    try:
+        emb = get_embedder(kind, max_tokens)
+    except RuntimeError as e:
+        emb = get_embedder("auto", max_tokens)
+        reason = f"its vectors were made by the {kind} embedder, which cannot run here ({e})"
+    else:
+        reason = None
+        if kind == "torch" and (index_name, kind) not in _WARNED:
+            _WARNED.add((index_name, kind))
+            log.warning("index %r was embedded by the PyTorch embedder, so its queries are too (slower); "
+                        "rebuild it with `sleuth index SOURCE --name %s` to use the onnx-int8 embedder",
+                        index_name, index_name)
+    if reason and (index_name, kind) not in _WARNED:
+        _WARNED.add((index_name, kind))
+        log.warning("index %r: %s; encoding queries with the %s embedder instead (close but not identical "
+                    "vectors); rebuild it with `sleuth index SOURCE --name %s` to re-embed every passage",
+                    index_name, reason, emb.kind, index_name)
+    return emb

@@ -117,12 +117,15 @@ def _read(source, bar: _Bar, skipped: list[str]) -> list[Passage]:
     return passages
 
 
-def _previous_embeddings(target: Path, model: str, max_tokens: int) -> tuple[dict[str, int], np.ndarray] | None:
-    """(content hash -> row, embeddings) of the current index when its embeddings are reusable."""
+def _previous_embeddings(target: Path, model: str, max_tokens: int,
+                         embedder: str) -> tuple[dict[str, int], np.ndarray] | None:
+    """(content hash -> row, embeddings) of the current index when its embeddings are reusable: same model,
+    same truncation and same embedder (int8 and float32 vectors of one text differ slightly)."""
     try:
         meta = json.loads((target / META).read_text())
         d = meta["engines"]["dense"]
-        if not d or d["model"] != model or d["max_tokens"] != max_tokens:
+        if (not d or d["model"] != model or d["max_tokens"] != max_tokens
+                or d.get("embedder", "torch") != embedder):
             return None
         emb = np.load(target / "dense" / "embeddings.npy", mmap_mode="r")
         hashes = DocStore(target / "docs.sqlite").hashes()
@@ -133,7 +136,8 @@ def _previous_embeddings(target: Path, model: str, max_tokens: int) -> tuple[dic
     return hashes, emb
 
 
-def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, batch_size: int, progress: bool,
+def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, batch_size: int | None,
+                progress: bool,
                 lexical_config: lexical_mod.LexicalConfig, dense_config: dense_mod.DenseConfig) -> dict:
     t_all = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -159,11 +163,11 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
         dense_meta = None
         if dense:
             t = time.perf_counter()
-            model = dense_mod.load_embedder(dense_config.max_tokens)
-            dim = dense_mod.embedding_dim(model)
+            embedder = dense_mod.get_embedder(dense_config.embedder, dense_config.max_tokens)
+            dim = embedder.dim
             emb = np.zeros((len(passages), dim), dtype=np.float32)
             todo = list(range(len(passages)))
-            prev = _previous_embeddings(target, dense_mod.MODEL_NAME, dense_config.max_tokens)
+            prev = _previous_embeddings(target, dense_mod.MODEL_NAME, dense_config.max_tokens, embedder.kind)
             if prev is not None and prev[1].shape[1] == dim:
                 old_rows, old_emb = prev
                 reuse = [(i, old_rows[h]) for i, h in enumerate(hashes) if h in old_rows]
@@ -175,8 +179,8 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
             t = time.perf_counter()
             bar = _Bar(prog, "embedding", len(todo))
             if todo:
-                emb[todo] = dense_mod.embed(model, [dense_mod.passage_text(passages[i].title, passages[i].text)
-                                                    for i in todo], batch_size, bar.advance)
+                emb[todo] = embedder.embed([dense_mod.passage_text(passages[i].title, passages[i].text)
+                                            for i in todo], batch_size, bar.advance)
             seconds["embed"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -187,7 +191,8 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
             findex = dense_mod.build_faiss(emb, dense_config)
             faiss.write_index(findex, str(work / "dense" / "faiss.index"))
             seconds["faiss"] = time.perf_counter() - t
-            dense_meta = {"model": dense_mod.MODEL_NAME, "dim": dim, "max_tokens": dense_config.max_tokens,
+            dense_meta = {"model": dense_mod.MODEL_NAME, "embedder": embedder.kind, "dim": dim,
+                          "max_tokens": dense_config.max_tokens,
                           "normalized": True, "faiss": dense_mod.index_kind(findex),
                           "nprobe": dense_config.nprobe if dense_mod.index_kind(findex) != "IndexFlatIP" else None,
                           "embedded": len(todo), "reused": len(passages) - len(todo)}
@@ -245,12 +250,13 @@ def _clean_stale(target: Path) -> None:
 
 
 def build_index(source: str | Path | None = None, name: str | None = None, *, dense: bool = True,
-                batch_size: int = 64, progress: bool = True,
+                batch_size: int | None = None, progress: bool = True,
                 lexical_config: lexical_mod.LexicalConfig | None = None,
                 dense_config: dense_mod.DenseConfig | None = None) -> Path:
     """Build (or rebuild) index NAME from source; returns paths.index_dir(NAME).
 
-    On a rebuild, passages whose content hash is unchanged keep their old embeddings.
+    On a rebuild, passages whose content hash is unchanged keep their old embeddings when the same
+    embedder made them (``dense_config.embedder``); ``batch_size`` None = the embedder's own.
     """
     name = check_name(name or default_name(source))
     target = paths.index_dir(name)
@@ -315,9 +321,16 @@ class Index:
                 return lexical_mod.LexicalEngine.load(self.path / "lexical", self.name, self.docs)
             if kind == "dense":
                 d = self.meta["engines"]["dense"]
+                if d.get("model") != dense_mod.MODEL_NAME:
+                    raise ValueError(f"index {self.name!r} was embedded with {d.get('model')!r}; this sleuth "
+                                     f"embeds with {dense_mod.MODEL_NAME!r}: rebuild it with `sleuth index "
+                                     f"SOURCE --name {self.name}`")
+                kind_made = d.get("embedder", "torch")  # indexes from before the field: the PyTorch path
                 return dense_mod.DenseEngine.load(self.path / "dense", self.name, self.docs, d["max_tokens"],
                                                   dense_mod.DenseConfig(max_tokens=d["max_tokens"],
-                                                                        nprobe=d.get("nprobe") or 32))
+                                                                        nprobe=d.get("nprobe") or 32,
+                                                                        embedder=kind_made),
+                                                  embedder_kind=kind_made)
             return HybridEngine(self.engine("lexical"), self.engine("dense"))
         except (OSError, RuntimeError) as e:
             raise IndexNotFound(f"index {self.name!r} at {self.path} could not load its {kind} engine ({e}); "

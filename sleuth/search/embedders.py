@@ -1,0 +1,322 @@
+"""Sentence embedders for dense search: all-MiniLM-L6-v2 run two ways behind one interface.
+
+``onnx-int8`` (the default): the model exported from the package's own files to ONNX, its operators
+fused and its matrix multiplications dynamically quantised to int8, run by ONNX Runtime one text at a
+time (no padding at all, and a text's vector never depends on its batch-mates). ``torch``: the sentence-transformers model in PyTorch (float32), used when
+ONNX Runtime is missing or the export fails (a log line says so), and for indexes built with it.
+
+The two give different vectors for the same text (cosine agreement ~0.99, benchmarks/embedding.py), so an
+index records which embedder made its vectors and its queries are encoded by the same one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from sleuth import paths
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+KINDS = ("onnx-int8", "torch")
+DEFAULT_KIND = "onnx-int8"
+_EXPORT_RECIPE = "bert-eager-opset17-fused-int8-perchannel-reducerange-v1"
+"""Changes when the export below changes, so an old cached export is not reused."""
+
+# OpenMP threads busy-wait by default. On a shared, oversubscribed CPU (rollout workers, other jobs)
+# that made an 8-query encode take ~920 ms instead of ~90 ms. The runtime reads this when it loads (at
+# the first torch import), so it is set here, before torch is imported; an explicit setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+class Embedder(Protocol):
+    kind: str
+    dim: int
+    max_tokens: int
+
+    def embed(self, texts: Sequence[str], batch_size: int | None = None,
+              on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+        """Normalised float32 passage embeddings, (len(texts), dim)."""
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Normalised float32 embeddings of a small batch (queries), in one pass."""
+
+
+def passage_text(title: str, text: str) -> str:
+    return f"{title}\n{text}" if title else text
+
+
+def _threads() -> int:
+    """SLEUTH_THREADS when set (one thread is fastest on a shared small machine), else 0 (all cores)."""
+    return int(os.environ.get("SLEUTH_THREADS") or 0)
+
+
+# ---------------------------------------------------------------------------------------------- torch
+
+_ST_MODELS: dict[tuple[str, int], object] = {}
+_LOCK = threading.Lock()
+
+
+def load_sentence_transformer(max_tokens: int = 128, model_dir: str | Path | None = None):
+    """The sentence-transformers model from the local package path, loaded once per process and shared."""
+    model_dir = str(model_dir or paths.embedded_embedder_dir())
+    key = (model_dir, max_tokens)
+    with _LOCK:
+        model = _ST_MODELS.get(key)
+        if model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            model = SentenceTransformer(model_dir, device="cpu")
+            model.max_seq_length = max_tokens
+            _ST_MODELS[key] = model
+    return model
+
+
+def st_dim(model) -> int:
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get())
+
+
+def st_embed(model, texts: Sequence[str], batch_size: int = 64,
+             on_progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Normalised float32 embeddings. Sorted by length first so batches pad little."""
+    out = np.zeros((len(texts), st_dim(model)), dtype=np.float32)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    chunk = batch_size * 8
+    for start in range(0, len(order), chunk):
+        idx = order[start:start + chunk]
+        out[idx] = model.encode([texts[i] for i in idx], batch_size=batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+        if on_progress:
+            on_progress(len(idx))
+    return out
+
+
+def st_encode(model, texts: list[str]) -> np.ndarray:
+    """One forward pass through the model's modules: same numbers as ``model.encode`` (checked in tests)
+    without its per-call bookkeeping, which is 10-20% of the time of an 8-query batch on CPU."""
+    import torch
+
+    with torch.inference_mode():
+        features = model.tokenizer(texts, padding=True, truncation=True, max_length=model.max_seq_length,
+                                   return_tensors="pt")
+        out = model(dict(features))["sentence_embedding"]
+        return torch.nn.functional.normalize(out, dim=-1).float().numpy()
+
+
+class TorchEmbedder:
+    kind = "torch"
+
+    def __init__(self, max_tokens: int = 128, model_dir: str | Path | None = None):
+        self.model = load_sentence_transformer(max_tokens, model_dir)
+        self.max_tokens = max_tokens
+        self.dim = st_dim(self.model)
+
+    def embed(self, texts, batch_size=None, on_progress=None) -> np.ndarray:
+        return st_embed(self.model, texts, batch_size or 64, on_progress)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return st_encode(self.model, texts)
+
+
+# ---------------------------------------------------------------------------------------------- onnx
+
+def onnx_cache_path(model_dir: Path) -> Path:
+    """Where the int8 export of the model in model_dir lives: keyed by the model files, the recipe and the
+    ONNX Runtime version, so a changed model or runtime gets a fresh export."""
+    import onnxruntime
+
+    h = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json"):
+        h.update((model_dir / name).read_bytes())
+    weights = model_dir / "model.safetensors"
+    h.update(str(weights.stat().st_size).encode())
+    with weights.open("rb") as f:  # the first MiB names the tensors and their offsets
+        h.update(f.read(1 << 20))
+    h.update(f"{_EXPORT_RECIPE}|{onnxruntime.__version__}".encode())
+    return paths.models_dir() / "onnx" / f"all-MiniLM-L6-v2-int8-{h.hexdigest()[:16]}" / "model.onnx"
+
+
+class _QuietRoot(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # the quantiser's advice to pre-process first
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+def export_onnx_int8(model_dir: Path, out: Path) -> Path:
+    """Export the BERT encoder to ONNX (PyTorch's exporter), fuse attention/LayerNorm/GELU, quantise the
+    weights to int8 per channel. One-time, ~15-30 s on 2 cores; written atomically."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers.optimizer import optimize_model
+    from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    t0 = time.perf_counter()
+    log.warning("exporting all-MiniLM-L6-v2 to ONNX int8 under %s (one-time)", out.parent)
+    work = out.parent.with_name(out.parent.name + f".tmp-{os.getpid()}-{time.time_ns()}")
+    work.mkdir(parents=True)
+    try:
+        # Eager attention exports as plain ops the optimizer fuses into one Attention op.
+        bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+        cfg = bert.config
+
+        class Encoder(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        ids = torch.ones((2, 8), dtype=torch.long)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Encoder(bert), (ids, ids, torch.zeros_like(ids)), str(work / "fp32.onnx"),
+                              input_names=names, output_names=["last_hidden_state"],
+                              dynamic_axes={n: {0: "batch", 1: "tokens"} for n in names + ["last_hidden_state"]},
+                              opset_version=17, dynamo=False)
+            fused = optimize_model(str(work / "fp32.onnx"), model_type="bert", num_heads=cfg.num_attention_heads,
+                                   hidden_size=cfg.hidden_size, opt_level=1)
+            fused.save_model_to_file(str(work / "fused.onnx"))
+            # The quantiser logs through the root logger, which would install a handler for the whole
+            # process (basicConfig) if it had none: a null handler stands in while it runs.
+            root, quiet, null = logging.getLogger(), _QuietRoot(), logging.NullHandler()
+            root.addFilter(quiet)
+            root.addHandler(null)
+            try:
+                # per-channel weights with reduced range: AVX2 int8 kernels without VNNI saturate at full
+                # range; plain per-tensor int8 measured cosine 0.955 to float32, this 0.993.
+                quantize_dynamic(str(work / "fused.onnx"), str(work / "model.onnx"), weight_type=QuantType.QInt8,
+                                 per_channel=True, reduce_range=True,
+                                 extra_options={"DefaultTensorType": 1})  # 1 = float for fused ops' outputs
+            finally:
+                root.removeFilter(quiet)
+                root.removeHandler(null)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work / "model.onnx", out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.warning("exported in %.1f s", time.perf_counter() - t0)
+    return out
+
+
+class OnnxEmbedder:
+    kind = "onnx-int8"
+
+    def __init__(self, max_tokens: int = 128, model_dir: str | Path | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        model_dir = Path(model_dir or paths.embedded_embedder_dir())
+        path = onnx_cache_path(model_dir)
+        if not path.is_file():
+            export_onnx_int8(model_dir, path)
+        so = ort.SessionOptions()
+        # One thread per run, several runs at once: a text's ~100 tokens are too small a job to split
+        # across cores, while texts are independent (Run is thread-safe and releases the GIL).
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        self.workers = _threads() or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="onnx-embed") if self.workers > 1 else None
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see OMP_WAIT_POLICY above
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.path = path
+        # The shipped tokenizer.json pads every input to 128: batches are padded here, to their longest.
+        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_tokens)
+        self.max_tokens = max_tokens
+        self.dim = int(self.session.get_outputs()[0].shape[-1] or 384)
+
+    def _run(self, ids: list[int]) -> np.ndarray:
+        """One text per run. Dynamic quantisation scales each activation tensor by its own range, so in a
+        padded batch a text's vector would depend on its batch-mates (measured: cosine down to 0.990 between
+        the same passage alone and in a batch of 16); alone, a text always gets the same vector. One at a time
+        is as fast here (a passage's ~100 tokens already fill the int8 kernels) and pads nothing."""
+        x = np.asarray(ids, dtype=np.int64)[None, :]
+        hidden = self.session.run(None, {"input_ids": x, "attention_mask": np.ones_like(x),
+                                         "token_type_ids": np.zeros_like(x)})[0][0]
+        v = hidden.mean(axis=0)  # mean pooling over the tokens, as the model was trained
+        return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+    def _run_all(self, texts: list[str]) -> list[np.ndarray]:
+        ids = [e.ids for e in self.tokenizer.encode_batch(texts)]
+        if self._pool is None or len(ids) == 1:
+            return [self._run(x) for x in ids]
+        return list(self._pool.map(self._run, ids))
+
+    def embed(self, texts, batch_size=None, on_progress=None) -> np.ndarray:
+        """``batch_size`` only sets how often progress is reported: every text runs alone (see _run)."""
+        step = batch_size or 64
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), step):
+            chunk = list(texts[start:start + step])
+            out[start:start + len(chunk)] = self._run_all(chunk)
+            if on_progress:
+                on_progress(len(chunk))
+        return out
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack(self._run_all(texts))
+
+
+# ---------------------------------------------------------------------------------------------- choice
+
+_EMBEDDERS: dict[tuple[str, int], Embedder] = {}
+_FAILED: dict[str, str] = {}
+
+
+def get_embedder(kind: str = "auto", max_tokens: int = 128) -> Embedder:
+    """The embedder of that kind, loaded once per process. 'auto' = onnx-int8 when ONNX Runtime works,
+    else torch (with a log line saying why)."""
+    if kind not in ("auto",) + KINDS:
+        raise ValueError(f"unknown embedder {kind!r}: choose one of auto, {', '.join(KINDS)}")
+    want = DEFAULT_KIND if kind == "auto" else kind
+    with _LOCK:
+        have = _EMBEDDERS.get((want, max_tokens))
+    if have is not None:
+        return have
+    if want == "onnx-int8" and "onnx-int8" not in _FAILED:
+        try:
+            emb: Embedder = OnnxEmbedder(max_tokens)
+        except Exception as e:  # noqa: BLE001 - any failure (missing package, export error) falls back
+            _FAILED["onnx-int8"] = f"{type(e).__name__}: {e}"
+            log.warning("onnx-int8 embedder unavailable (%s); using the PyTorch embedder (about 2x slower)",
+                        _FAILED["onnx-int8"])
+    if want == "onnx-int8" and "onnx-int8" in _FAILED:
+        if kind == "onnx-int8":
+            raise RuntimeError(f"onnx-int8 embedder unavailable: {_FAILED['onnx-int8']}")
+        return get_embedder("torch", max_tokens)
+    if want == "torch":
+        emb = TorchEmbedder(max_tokens)
+    with _LOCK:
+        return _EMBEDDERS.setdefault((want, max_tokens), emb)
+
+
+def available(kind: str) -> bool:
+    """Whether get_embedder(kind) would give that kind (loads it to find out)."""
+    try:
+        return get_embedder(kind).kind == kind
+    except RuntimeError:
+        return False

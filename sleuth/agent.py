@@ -77,6 +77,26 @@ class Environment:
             fetcher = WebFetcher()
         return cls(index.engine(engine), {index.name: index.docs}, fetcher, **kw)
 
+    @classmethod
+    def from_service(cls, url: str, engine: str = "auto", online: bool = False, **kw) -> "Environment":
+        """Search and corpus passages from a shared `sleuth serve-search` service instead of a local index."""
+        from sleuth.search.remote import connect
+
+        search_engine, docstores = connect(url, engine)
+        fetcher = None
+        if online:
+            from sleuth.tools.web import WebFetcher
+            fetcher = WebFetcher()
+        return cls(search_engine, docstores, fetcher, **kw)
+
+    @classmethod
+    def create(cls, index: str | None = None, engine: str = "auto", search_url: str | None = None,
+               online: bool = False, **kw) -> "Environment":
+        """From a search service when ``search_url`` is given, else from a local index."""
+        if search_url:
+            return cls.from_service(search_url, engine=engine, online=online, **kw)
+        return cls.from_index(index, engine=engine, online=online, **kw)
+
     def session(self) -> "ToolSession":
         tools: dict[str, Tool] = {}
         if "search" in self.tool_names and self.search_engine is not None:

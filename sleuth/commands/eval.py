@@ -27,6 +27,8 @@ def register(app: typer.Typer) -> None:
         concurrency: int = typer.Option(16, "--concurrency", "-c", help="Trajectories per batch."),
         index: Optional[str] = typer.Option(None, "--index"),
         engine: str = typer.Option("auto", "--engine", help="auto (hybrid if the index has embeddings) | hybrid | lexical | dense"),
+        search_url: Optional[str] = typer.Option(None, "--search-url", help="Search through a `sleuth "
+                                                 "serve-search` service (e.g. http://127.0.0.1:8765)."),
         judge: str = typer.Option("cover", "--judge", help="cover | em | f1>=T | llm"),
         judge_model: Optional[str] = typer.Option(None, "--judge-model"),
         judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url"),
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
 
         cfg = EvalConfig(benchmark=benchmark, mode=mode, limit=limit, datasets=dataset or None, seed=seed,
                          samples=samples, ks=sorted({1, samples}), concurrency=concurrency, model=model,
-                         base_url=base_url, index=index, engine=engine, judge=judge, judge_model=judge_model,
+                         base_url=base_url, index=index, engine=engine, search_url=search_url, judge=judge, judge_model=judge_model,
                          judge_base_url=judge_base_url, judge_api_key_env=judge_api_key_env, max_steps=max_steps,
                          temperature=temperature, prompt=prompt)
         out_dir = out or Path("runs") / f"eval-{Path(benchmark).stem}-{mode}"

@@ -46,6 +46,8 @@ class EvalConfig:
     base_url: str | None = None
     index: str | None = None
     engine: str = "auto"
+    search_url: str | None = None
+    """A `sleuth serve-search` service to search (and open corpus passages) instead of a local index."""
     judge: str = "cover"
     judge_model: str | None = None
     """LLM judge (judge = "llm"): the model's name on its server."""
@@ -173,7 +175,7 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
                        api_key_env=cfg.judge_api_key_env)
     if env is None and cfg.mode != "closed-book":
         from sleuth.agent import Environment
-        env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k)
+        env = Environment.create(cfg.index, engine=cfg.engine, search_url=cfg.search_url, search_k=cfg.search_k)
 
     import torch
 

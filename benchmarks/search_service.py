@@ -170,23 +170,20 @@ def main() -> None:
     engine.search_batch(["warm up the encoder"], 1)
     t_all = time.time()
     cells: dict[str, dict] = {"in-process": {}, "in-process-batched": {}, "service": {}}
-
-    for n in clients:
-        print(f"in-process, {n} clients…", flush=True)
-        cells["in-process"][str(n)] = run_threads(engine.search_batch, n, args.seconds, args.warmup, questions,
-                                                   args.per_request, args.k)
-        b = BatchingEngine(engine)
-        print(f"in-process batched, {n} clients…", flush=True)
-        cells["in-process-batched"][str(n)] = run_threads(b.search_batch, n, args.seconds, args.warmup,
-                                                           questions, args.per_request, args.k)
-        cells["in-process-batched"][str(n)]["mean_batch"] = b.stats.to_dict()["mean_batch"]
-        b.close()
-    del engine, ix   # free the in-process engine's memory before the service loads its own
-
+    # the three modes run back to back at each client count, so load from other jobs hits them alike
     proc = start_service(args.index, args.engine, args.port, args.threads)
     url = f"http://127.0.0.1:{args.port}"
     try:
         for n in clients:
+            print(f"in-process, {n} clients…", flush=True)
+            cells["in-process"][str(n)] = run_threads(engine.search_batch, n, args.seconds, args.warmup, questions,
+                                                       args.per_request, args.k)
+            b = BatchingEngine(engine)
+            print(f"in-process batched, {n} clients…", flush=True)
+            cells["in-process-batched"][str(n)] = run_threads(b.search_batch, n, args.seconds, args.warmup,
+                                                               questions, args.per_request, args.k)
+            cells["in-process-batched"][str(n)]["mean_batch"] = b.stats.to_dict()["mean_batch"]
+            b.close()
             print(f"service over HTTP, {n} clients…", flush=True)
             before = httpx.get(f"{url}/v1/health").json()["batching"]
             cell = asyncio.run(_http_cell(url, n, args.seconds, args.warmup, questions, args.per_request, args.k,

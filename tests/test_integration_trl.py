@@ -20,7 +20,7 @@ def test_grpo_steps_with_sleuth_rollouts(env, tmp_path, one_thread):
     from sleuth.integrations.trl_grpo import SleuthReward, SleuthRollout, tasks_dataset
     from sleuth.policy.hf import HFPolicy
     from sleuth.policy.loader import default_model
-    from sleuth.rewards import RewardConfig
+    from sleuth.rewards import RewardConfig, sequence_reward
     from sleuth.tasks.judges import make_judge
     from sleuth.tasks.task import Task
 
@@ -28,10 +28,11 @@ def test_grpo_steps_with_sleuth_rollouts(env, tmp_path, one_thread):
     tok = policy.tokenizer
     tasks = [Task(id="q1", question="Where was Jane Austen born?", answers=["Steventon"], dataset="test"),
              Task(id="q2", question="Who wrote Pride and Prejudice?", answers=["Jane Austen"], dataset="test")]
-    rollout = SleuthRollout(env, AgentConfig(max_steps=2, max_new_tokens=32, prompt="short-2shot"))
-    reward = SleuthReward(make_judge("cover"), RewardConfig(require_evidence=True))
+    rollout = SleuthRollout(env, AgentConfig(max_steps=2, max_new_tokens=32, prompt="short-fewshot"))
+    reward_cfg = RewardConfig(require_evidence=True, partial_credit=0.5)
+    reward = SleuthReward(make_judge("cover"), reward_cfg)
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2, max_steps=2,
-                      learning_rate=1e-5, beta=0.0, temperature=1.0, max_completion_length=1024,
+                      learning_rate=1e-5, beta=0.0, temperature=1.0, scale_rewards="none", max_completion_length=1024,
                       logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0,
                       gradient_checkpointing=False,
                       disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False)
@@ -72,7 +73,7 @@ def test_grpo_steps_with_sleuth_rollouts(env, tmp_path, one_thread):
             ids = out["completion_ids"][row, :n].tolist()
             mask = tool_mask[row, :n].tolist()
             # what the model wrote (mask 1) is exactly its replies; everything else is observation or glue
-            replies = [m["content"] for m in traj.messages if m["role"] == "assistant"]
+            replies = [m["content"] for m in traj.messages if m["role"] == "assistant" and "step" in m]
             assert tok.decode([i for i, m in zip(ids, mask) if m]) == "".join(replies)
             masked = tok.decode([i for i, m in zip(ids, mask) if not m])
             for call in traj.tool_calls:
@@ -87,5 +88,8 @@ def test_grpo_steps_with_sleuth_rollouts(env, tmp_path, one_thread):
                 (sampled[on] - recomputed[row, :n][on]).abs().max()
             assert float(sampled[on].mean()) < -0.01                           # real log-probs, not zeros
             assert traj.judgement is not None                                   # sleuth's judge scored it
+        # the advantages TRL trains on are sleuth's rewards minus the group mean (one group of two per step)
+        rewards = torch.tensor([sequence_reward(t, reward_cfg) for t in trajs])
+        assert torch.allclose(out["advantages"], rewards - rewards.mean(), atol=1e-6)
     assert tool_tokens > 0, "no trajectory used a tool: the masking check would be vacuous"
     assert rollout.stats["trajectories"] == 4 and rollout.stats["overlong"] == 0

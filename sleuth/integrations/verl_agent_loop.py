@@ -59,14 +59,15 @@ def environment(search_url: str | None, index: str | None, engine: str, search_k
 @register(AGENT_NAME)
 class SleuthAgentLoop(AgentLoopBase):
     def __init__(self, *args: Any, search_url: str | None = None, index: str | None = None, engine: str = "auto",
-                 search_k: int = 5, tools: Sequence[str] = ("search", "browse"), max_steps: int = 8,
+                 search_k: int = 5, sleuth_tools: Sequence[str] = ("search", "browse"), max_steps: int = 8,
                  max_new_tokens: int = 512, prompt: str = "short-2shot", backend: str = "vllm",
                  judge: str = "cover", require_evidence: bool = True, gamma: float = 0.9, gamma_decay: bool = True,
                  negative_drop_frac: float = 0.0, seed: int = 0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         if backend not in STOP_KEYS:
             raise ValueError(f"backend must be one of {', '.join(STOP_KEYS)}, got {backend!r}")
-        self.env = environment(search_url, index, engine, search_k, tools)
+        # (verl passes its own `tools` keyword, its tool registry: sleuth's tools are named sleuth_tools)
+        self.env = environment(search_url, index, engine, search_k, sleuth_tools)
         self.max_steps, self.max_new_tokens, self.prompt, self.backend = max_steps, max_new_tokens, prompt, backend
         self.prompt_length = int(self.rollout_config.prompt_length)
         self.response_length = int(self.rollout_config.response_length)

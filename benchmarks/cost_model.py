@@ -178,9 +178,15 @@ def model(a: dict, search: dict, tools: dict, sandbox: dict) -> dict:
 
     # tool latency per step (lexical search service per query batch, browse offline, code call)
     # a search call through the service: the tool's own time plus the HTTP round trip measured on loopback
-    t_search = tools["search_call_seconds_median"] + (search.get("lexical", {}).get("http_overhead_ms_one_client") or 0) / 1000
+    # a search call through the service: the tool's own time plus the HTTP round trip measured on loopback, plus the
+    # ranking of its queries on one shard at the shard size (shards rank in parallel)
+    sc = search["scaling_1M"]
+    lex_ms_shard = sc["lexical_rank_ms_per_query"] * a["shard_passages"] / sc["passages"]
+    t_search = (tools["search_call_seconds_median"] + (search.get("lexical", {}).get("http_overhead_ms_one_client") or 0)
+                / 1000 + a["queries_per_search"] * lex_ms_shard / 1000)
     t_tool = (mix["search"] * t_search + mix["browse"] * tools["browse_call_seconds_median"]
               + mix["code"] * sandbox["call_seconds_median"])
+    t_tool_online = t_tool + mix["browse"] * (a["web_fetch_seconds"] - tools["browse_call_seconds_median"])
     # a trajectory is on the GPU while it generates, off it while its tool runs; decode batch = those generating
     active = min(per_gpu, fits_per_gpu)
     t_iter = decode_iter(active)
@@ -196,8 +202,6 @@ def model(a: dict, search: dict, tools: dict, sandbox: dict) -> dict:
     search_calls_per_s = concurrency_served * mix["search"] / step_wall
     qps = search_calls_per_s * a["queries_per_search"]
     shards = math.ceil(a["corpus_passages"] / a["shard_passages"])
-    sc = search["scaling_1M"]
-    lex_ms_shard = sc["lexical_rank_ms_per_query"] * a["shard_passages"] / sc["passages"]
     dense_ms_shard = sc["dense_ivf_ms_per_query"] * a["shard_passages"] / sc["passages"]
     snippet_ms = max(0.0, search["lexical"]["cpu_ms_per_query"] - sc["lexical_rank_ms_per_query_28k"]) \
         if "lexical" in search else 1.0
@@ -228,7 +232,8 @@ def model(a: dict, search: dict, tools: dict, sandbox: dict) -> dict:
                         "concurrency_served": concurrency_served, "decode_iteration_ms": round(1000 * t_iter, 2),
                         "decode_tokens_per_s_per_gpu": round(active / t_iter),
                         "step_seconds": {"generate": round(t_gen, 2), "prefill": round(prefill_s, 2),
-                                         "tools": round(t_tool, 3), "total": round(step_wall, 2)},
+                                         "tools": round(t_tool, 3), "total": round(step_wall, 2),
+                                         "tools_if_browsing_online": round(t_tool_online, 2)},
                         "trajectory_seconds": round(traj_wall, 1), "trajectories_per_s": round(traj_per_s, 1)},
         "search": {"calls_per_s": round(search_calls_per_s), "queries_per_s": round(qps), "shards": shards,
                    "lexical_ms_per_query_per_shard": round(lex_ms_shard, 3),
@@ -247,6 +252,55 @@ def model(a: dict, search: dict, tools: dict, sandbox: dict) -> dict:
     }
 
 
+def markdown(out: dict) -> str:
+    """The tables docs/scale.md quotes (``--markdown FILE`` prints them from an existing JSON)."""
+    m, me, a = out["model"], out["measured_here"], out["assumptions"]
+    s, sc, t, sb = me["search"], me["search"]["scaling_1M"], me["tools"], me["sandbox"]
+    rows = ["| quantity | value | source |", "|---|---|---|"]
+    for eng in ("lexical", "hybrid"):
+        if eng in s:
+            e = s[eng]
+            rows.append(f"| {eng} search, batched, CPU per query ({e['passages']:,} passages) | {e['cpu_ms_per_query']} ms "
+                        f"| {e['source']} ({e['batched_queries_per_s']} q/s on {e['cpus']} shared cores) |")
+            rows.append(f"| {eng}: HTTP service vs in-process (best q/s); loopback round trip, 1 client | "
+                        f"{e['service_vs_in_process']}×; {e['http_overhead_ms_one_client']} ms | {e['source']} |")
+    rows += [f"| BM25 rank per query, 1M passages (exhaustive) | {sc['lexical_rank_ms_per_query']} ms | {sc['source']} |",
+             f"| dense IVF per query, 1M passages (nprobe 32) | {sc['dense_ivf_ms_per_query']} ms | {sc['source']} |",
+             f"| query encoding (MiniLM, CPU) | {sc['encode_ms_per_query_cpu']} ms | {sc['source']} |",
+             "| index bytes per passage | " + ", ".join(f"{k} {v:.0f}" for k, v in s["bytes_per_passage"].items())
+             + " | retrieval.json (28k passages) |",
+             f"| search tool call, {a['queries_per_search']} queries, lexical ({t['passages']:,} passages) | "
+             f"{1000 * t['search_call_seconds_median']:.1f} ms; observation {t['search_observation_tokens_median']:.0f} tokens | measured |",
+             f"| browse a corpus page | {1000 * t['browse_call_seconds_median']:.1f} ms; {t['browse_observation_tokens_median']:.0f} tokens | measured |",
+             f"| sandbox start ({sb['mode']}) | {sb['start_seconds_median']:.2f} s | measured |",
+             f"| sandbox call (small snippet) | {1000 * sb['call_seconds_median']:.1f} ms (p99 {1000 * sb['call_seconds_p99']:.1f}) | measured |",
+             f"| sandbox worker memory (RSS) | {(sb['worker_rss_bytes'] or 0) / 1e6:.0f} MB | measured |"]
+    g, se, c, sx, it, tr = m["gpu_rollout"], m["search"], m["corpus"], m["sandboxes"], m["iteration"], m["trajectory"]
+    res = ["| | |", "|---|---|",
+           f"| tokens per step (generated + observation) | {tr['generated_tokens_per_step']} + {tr['observation_tokens_per_step']} |",
+           f"| final context of a trajectory | {tr['final_context_tokens']:,} tokens |",
+           f"| trajectories wanted per GPU / that fit (KV cache) | {g['trajectories_per_gpu_wanted']:.0f} / {g['trajectories_that_fit_per_gpu']} |",
+           f"| trajectories actually in flight | {g['concurrency_served']:,} |",
+           f"| decode iteration / tokens per s per GPU | {g['decode_iteration_ms']} ms / {g['decode_tokens_per_s_per_gpu']:,} |",
+           f"| one step: generate + prefill + tools | {g['step_seconds']['generate']} + {g['step_seconds']['prefill']} + "
+           f"{g['step_seconds']['tools']} = {g['step_seconds']['total']} s |",
+           f"| one trajectory | {g['trajectory_seconds'] / 60:.1f} min |",
+           f"| tools per step if browse fetched real pages ({a['web_fetch_seconds']} s each) | "
+           f"{g['step_seconds']['tools_if_browsing_online']} s |",
+           f"| search load | {se['calls_per_s']:,} calls/s = {se['queries_per_s']:,} queries/s |",
+           f"| search shards ({c['passages']:.0e} passages, {a['shard_passages']:.0e} per shard) | {se['shards']:,} |",
+           f"| search CPU cores (×{a['search_replicas_headroom']} headroom): lexical / hybrid | "
+           f"{se['cpu_cores']['lexical']:,} / {se['cpu_cores']['hybrid_excl_encoder']:,} "
+           f"({se['hosts_64_core']['lexical']:,} / {se['hosts_64_core']['hybrid_excl_encoder']:,} 64-core hosts) |",
+           f"| corpus on disk | {c['total_tb']} TB (" + ", ".join(f"{k} {v / 1e12:.2f} TB" for k, v in c['bytes'].items()) + ") |",
+           f"| sandboxes alive / memory / starts per s / CPU cores | {sx['alive']:,} / {sx['memory_gb']:,} GB / "
+           f"{sx['starts_per_s']} / {sx['cpu_cores']} |",
+           f"| one iteration: rollout vs training | {it['rollout_seconds'] / 60:.1f} min vs {it['train_seconds'] / 60:.1f} min "
+           f"(rollout {100 * it['rollout_share']:.0f}% of the time) |",
+           f"| GPU-hours per iteration ({it['trajectories']:,} trajectories) | {it['gpu_hours']:,} |"]
+    return "\n".join(rows) + "\n\n" + "\n".join(res)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpus", type=int, default=ASSUMPTIONS["gpus"])
@@ -255,7 +309,11 @@ def main() -> None:
     ap.add_argument("--corpus-passages", type=float, default=ASSUMPTIONS["corpus_passages"])
     ap.add_argument("--index", default="passages", help="index for the browse/search observation measurements")
     ap.add_argument("--out", type=Path, default=RESULTS / "cost_model.json")
+    ap.add_argument("--markdown", type=Path, default=None, help="print the tables of an existing JSON and exit")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     a = dict(ASSUMPTIONS, gpus=args.gpus, concurrent_trajectories=args.concurrent, model_params=args.params,
              corpus_passages=args.corpus_passages)
     load0 = os.getloadavg()

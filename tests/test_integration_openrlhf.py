@@ -98,7 +98,7 @@ def test_sleuth_agent_executor_in_openrlhf(env, one_thread, monkeypatch):
     for start, end in resp["action_ranges"]:
         action[start:end] = 1
     sampled = [t for t, m in zip(seq, action.tolist()) if m]
-    assert tok.decode(sampled) == "".join(m["content"] for m in traj.messages if m["role"] == "assistant" and "step" in m)
+    assert tok.decode(sampled, skip_special_tokens=True) == "".join(m["content"] for m in traj.messages if m["role"] == "assistant" and "step" in m)
     assert any(c.tool == "search" for c in traj.tool_calls)
     masked_response = tok.decode([t for t, m in zip(seq, action.tolist()) if not m][len(traj.segments[-1].token_ids[
         :traj.segments[-1].mask.index(1)]):])

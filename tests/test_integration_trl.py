@@ -74,10 +74,8 @@ def test_grpo_steps_with_sleuth_rollouts(env, tmp_path, one_thread):
             mask = tool_mask[row, :n].tolist()
             # what the model wrote (mask 1) is exactly its replies; everything else is observation or glue
             replies = [m["content"] for m in traj.messages if m["role"] == "assistant" and "step" in m]
-            assert tok.decode([i for i, m in zip(ids, mask) if m]) == "".join(replies)
+            assert tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True) == "".join(replies)
             masked = tok.decode([i for i, m in zip(ids, mask) if not m])
-            for call in traj.tool_calls:
-                assert call.tool in ("search", "browse", "finish") or call.blocked
             if any(c.tool == "search" for c in traj.tool_calls):
                 assert "corpus://t/" in masked and "<observation>" in masked   # search results: masked out
             tool_tokens += mask.count(0)

@@ -102,7 +102,10 @@ def test_sleuth_agent_executor_in_openrlhf(env, one_thread, monkeypatch):
     assert any(c.tool == "search" for c in traj.tool_calls)
     masked_response = tok.decode([t for t, m in zip(seq, action.tolist()) if not m][len(traj.segments[-1].token_ids[
         :traj.segments[-1].mask.index(1)]):])
-    assert "<observation>" in masked_response and "corpus://t/" in masked_response
+    first = next(i for i, m in enumerate(traj.messages) if "step" in m)
+    observations = [m["content"] for m in traj.messages[first:] if m["role"] == "user"]
+    assert observations and all(o in masked_response for o in observations)
+    assert any(o.startswith("<observation>\nQuery 1:") for o in observations)
     # rollout_log_probs: position i holds the sampling log-prob of token i (what OpenRLHF shifts by one)
     ids = torch.tensor([seq])
     with torch.no_grad():

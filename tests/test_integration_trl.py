@@ -76,8 +76,12 @@ def test_grpo_steps_with_sleuth_rollouts(env, tmp_path, one_thread):
             replies = [m["content"] for m in traj.messages if m["role"] == "assistant" and "step" in m]
             assert tok.decode([i for i, m in zip(ids, mask) if m], skip_special_tokens=True) == "".join(replies)
             masked = tok.decode([i for i, m in zip(ids, mask) if not m])
+            # every observation the loop showed the model (tool results, format-error notes) is under mask 0
+            first = next(i for i, m in enumerate(traj.messages) if "step" in m)
+            observations = [m["content"] for m in traj.messages[first:] if m["role"] == "user"]
+            assert observations and all(o in masked for o in observations)
             if any(c.tool == "search" for c in traj.tool_calls):
-                assert "corpus://t/" in masked and "<observation>" in masked   # search results: masked out
+                assert any(o.startswith("<observation>\nQuery 1:") for o in observations)   # search results
             tool_tokens += mask.count(0)
             # the log-probs handed over are the sampled ones: the model's own at the sampling temperature
             sampled = out["sampling_per_token_logps"][row, :n]

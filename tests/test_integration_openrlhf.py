@@ -78,6 +78,7 @@ def test_sleuth_agent_executor_in_openrlhf(env, one_thread, monkeypatch):
     srv = _Uvicorn(create_app(svc))
     policy = HFPolicy.load(default_model())
     engine = CPUEngine(policy)
+    torch.manual_seed(0)                              # the sampled trajectory is reproducible
     try:
         for k, v in {"SLEUTH_SEARCH_URL": srv.url, "SLEUTH_MAX_STEPS": "2", "SLEUTH_MAX_NEW_TOKENS": "32",
                      "SLEUTH_PROMPT": "short-2shot"}.items():

@@ -65,6 +65,7 @@ def test_sleuth_agent_loop_in_verl(env, one_thread):
     srv = _Uvicorn(create_app(svc))
     policy = HFPolicy.load(default_model())
     server = CPUServer(policy)
+    torch.manual_seed(0)                              # the sampled trajectory is reproducible
     cfg = _trainer_config()
     try:
         # what verl's AgentLoopWorker does: the registry entry plus the YAML's keyword arguments, instantiated by hydra

@@ -35,6 +35,7 @@ def test_grpo_steps_with_sleuth_rollouts(env, tmp_path, one_thread):
                       learning_rate=1e-5, beta=0.0, temperature=1.0, scale_rewards="none", max_completion_length=1024,
                       logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=0,
                       gradient_checkpointing=False,
+                      bf16=False,   # TRL's default is bf16 autocast: float32 makes the log-prob check exact
                       disable_tqdm=True, dataloader_num_workers=0, shuffle_dataset=False)
     # LoRA on the last layer only keeps the backward pass (and this CPU test) short; the rollout, masks and
     # log-prob checks do not depend on which weights train

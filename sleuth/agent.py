@@ -97,6 +97,28 @@ class Environment:
         index = open_index(name or default_index_name())
         return cls(index.engine(engine), {index.name: index.docs}, fetcher, **kw)
 
+    @classmethod
+    def from_service(cls, url: str, engine: str = "auto", online: bool = False, **kw) -> "Environment":
+        """Search and corpus passages from a shared `sleuth serve-search` service instead of a local index."""
+        from sleuth.search.remote import connect
+
+        search_engine, docstores = connect(url, engine)
+        fetcher = None
+        if online:
+            from sleuth.tools.web import WebFetcher
+            fetcher = WebFetcher()
+        return cls(search_engine, docstores, fetcher, **kw)
+
+    @classmethod
+    def create(cls, index: str | None = None, engine: str = "auto", search_url: str | None = None,
+               online: bool = False, web: str | None = None, **kw) -> "Environment":
+        """From a search service when ``search_url`` is given, else from web search (``web``) or a local index."""
+        if search_url:
+            if web:
+                raise ValueError("search through a sleuth search service (--search-url) or the web (--web), not both")
+            return cls.from_service(search_url, engine=engine, online=online, **kw)
+        return cls.from_index(index, engine=engine, online=online, web=web, **kw)
+
     def session(self) -> "ToolSession":
         tools: dict[str, Tool] = {}
         if "search" in self.tool_names and self.search_engine is not None:

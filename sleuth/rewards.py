@@ -160,3 +160,17 @@ def token_rewards(traj: Trajectory, cfg: RewardConfig | None = None) -> list[lis
             for m, s in zip(seg.mask, seg.steps)
         ])
     return out
+
+
+def sequence_reward(traj: Trajectory, cfg: RewardConfig | None = None) -> float:
+    """One number per scored trajectory, for trainers whose advantage is per sequence (GRPO in TRL, verl,
+    OpenRLHF): the mean over the agent's T steps of the per-step reward — ``r·(1/T)·Σ_i γ^(T−i)`` for a correct
+    trajectory with gamma-decay, the flat outcome reward otherwise. Of two correct answers the one reached in
+    fewer steps earns more, which is what gamma-decay is for; the per-token spread itself (``token_rewards``)
+    needs a trainer that takes token-level rewards, as sleuth's own does."""
+    cfg = cfg or RewardConfig()
+    j = require_judgement(traj)
+    if not (j.correct and cfg.gamma_decay):
+        return float(j.reward)
+    t = max(int(traj.steps), 1)
+    return float(j.reward * sum(cfg.gamma ** (t - i) for i in range(1, t + 1)) / t)

@@ -21,6 +21,8 @@ def register(app: typer.Typer) -> None:
                                                help="OpenAI-compatible server (Kimi API, vLLM, SGLang, Ollama...)."),
         index: Optional[str] = typer.Option(None, "--index", help="Index to search (default: wiki)."),
         engine: str = typer.Option("auto", "--engine", help="auto (hybrid if the index has embeddings) | hybrid | lexical | dense"),
+        search_url: Optional[str] = typer.Option(None, "--search-url", help="Search through a `sleuth "
+                                                 "serve-search` service (e.g. http://127.0.0.1:8765)."),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Step budget (default: what the "
                                                 "policy was trained with, else 10)."),
         context_window: int = typer.Option(8192, "--context-window",
@@ -62,8 +64,8 @@ def register(app: typer.Typer) -> None:
                 from sleuth.tools.mcp import MCPToolbox
 
                 toolbox = MCPToolbox.connect(mcp_tools)
-            env = Environment.from_index(index, engine=engine, online=online, web=web, search_k=run["search_k"],
-                                         extra_tools=toolbox)
+            env = Environment.create(index, engine=engine, search_url=search_url, online=online, web=web,
+                                     search_k=run["search_k"], extra_tools=toolbox)
         except (FileNotFoundError, ValueError, OSError) as e:
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(2)

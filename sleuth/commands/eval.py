@@ -31,6 +31,8 @@ def register(app: typer.Typer) -> None:
                                           "(SEARXNG_URL) | tavily (TAVILY_API_KEY) | brave (BRAVE_API_KEY); "
                                           "implies --online."),
         online: bool = typer.Option(False, "--online", help="Allow browsing real http(s) URLs."),
+        search_url: Optional[str] = typer.Option(None, "--search-url", help="Search through a `sleuth "
+                                                 "serve-search` service (e.g. http://127.0.0.1:8765)."),
         judge: str = typer.Option("cover", "--judge", help="cover | em | f1>=T | llm"),
         judge_model: Optional[str] = typer.Option(None, "--judge-model"),
         judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url"),
@@ -54,7 +56,8 @@ def register(app: typer.Typer) -> None:
 
         cfg = EvalConfig(benchmark=benchmark, mode=mode, limit=limit, datasets=dataset or None, seed=seed,
                          samples=samples, ks=sorted({1, samples}), concurrency=concurrency, model=model,
-                         base_url=base_url, index=index, engine=engine, web=web, online=online, judge=judge, judge_model=judge_model,
+                         base_url=base_url, index=index, engine=engine, web=web, online=online,
+                         search_url=search_url, judge=judge, judge_model=judge_model,
                          judge_base_url=judge_base_url, judge_api_key_env=judge_api_key_env, max_steps=max_steps,
                          temperature=temperature, prompt=prompt)
         out_dir = out or Path("runs") / f"eval-{Path(benchmark).stem}-{mode}"

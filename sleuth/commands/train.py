@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         iterations: Optional[int] = typer.Option(None, "--iterations", help="Override rl.iterations."),
         tasks: Optional[str] = typer.Option(None, "--tasks", help="Benchmark name or task file."),
         model: Optional[str] = typer.Option(None, "--model"),
+        search_url: Optional[str] = typer.Option(None, "--search-url", help="Search through a `sleuth "
+                                                 "serve-search` service (e.g. http://127.0.0.1:8765)."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Override rl.seed (task order and sampling)."),
         export: Optional[Path] = typer.Option(None, "--export",
                                               help="After training, write the policy to this model directory."),
@@ -41,7 +43,7 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(2)
             return
         try:
-            cfg = load_run_config(config, tasks=tasks, model=model, **({"rl_seed": seed} if seed is not None else {}))
+            cfg = load_run_config(config, tasks=tasks, model=model, search_url=search_url, **({"rl_seed": seed} if seed is not None else {}))
             out = out or Path(cfg.rl.out_dir)
             run_train(cfg, out, resume=resume, iterations=iterations, log=console.print)
         except (ValueError, FileNotFoundError) as e:

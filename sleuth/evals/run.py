@@ -51,6 +51,8 @@ class EvalConfig:
     """Search the web instead of an index: searxng | tavily | brave (keys and URL from the environment)."""
     online: bool = False
     """Let the browser open real http(s) pages (web search implies it)."""
+    search_url: str | None = None
+    """A `sleuth serve-search` service to search (and open corpus passages) instead of a local index."""
     judge: str = "cover"
     judge_model: str | None = None
     """LLM judge (judge = "llm"): the model's name on its server."""
@@ -178,8 +180,8 @@ def run_eval(cfg: EvalConfig, out: str | Path, *, policy=None, env=None, progres
                        api_key_env=cfg.judge_api_key_env)
     if env is None and cfg.mode != "closed-book":
         from sleuth.agent import Environment
-        env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k, online=cfg.online,
-                                     web=cfg.web)
+        env = Environment.create(cfg.index, engine=cfg.engine, search_url=cfg.search_url, search_k=cfg.search_k,
+                                 online=cfg.online, web=cfg.web)
 
     import torch
 

@@ -55,6 +55,9 @@ class RunConfig:
     """Starting policy (None = embedded SmolLM2-135M-Instruct)."""
     index: str | None = None
     engine: str = "auto"
+    search_url: str | None = None
+    """A `sleuth serve-search` service the rollouts search (and browse corpus passages) through, instead of
+    opening `index` locally: many trainers or workers share one index."""
     judge: str = "cover"
     """Reward judge: cover (strict: no candidate lists, no long answers) | em | f1>=T | llm (a model grades;
     set judge_model and/or judge_base_url)."""
@@ -279,8 +282,8 @@ def agent_setup(cfg: RunConfig, temperature: float, env=None):
     from sleuth.agent import AgentConfig, Environment
 
     if env is None:
-        env = Environment.from_index(cfg.index, engine=cfg.engine, search_k=cfg.search_k,
-                                     tools=("search", "browse"))
+        env = Environment.create(cfg.index, engine=cfg.engine, search_url=cfg.search_url, search_k=cfg.search_k,
+                                 tools=("search", "browse"))
     return env, AgentConfig(max_steps=cfg.max_steps, max_new_tokens=cfg.max_new_tokens, temperature=temperature,
                             prompt=cfg.prompt)
 

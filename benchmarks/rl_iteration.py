@@ -5,7 +5,7 @@ Runs ``configs/recipe/read_open.toml`` (6 tasks × 4 trajectories per iteration,
 from other processes hits both alike, with the same seed and tasks:
 
 * ``former``: ``rollout_engine = "hf"`` (transformers' forward) and ``rl.share_prefix = false``
-* ``fast``:   the defaults — the static decode engine and the shared-prefix update
+* ``fast``:   ``rollout_engine = "static"`` and the shared-prefix update (the default)
 
 Differences from the recipe, for a benchmark: the starting policy is the shipped adapter (the recipe starts from
 its own stage 1), tasks are the dev questions only with ``reachable_k = 0`` (no task file to synthesise, no
@@ -36,7 +36,8 @@ from sleuth.rl.train import load_run_config, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "rl_iteration.json"
-SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False}, "fast": {}}
+SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False},
+         "fast": {"rollout_engine": "static", "rl_share_prefix": True}}
 KEYS = ("rollout_seconds", "update_seconds", "iteration_seconds", "rollout_tokens", "seq_tokens", "shared_prefix",
         "trajectories", "trained_trajectories", "accuracy", "logprob_mismatch", "logprob_mismatch_max")
 

@@ -125,6 +125,7 @@ def compare_prefix(a, base, tok) -> dict:
             return _step(*args, **kw)
         tr.optimizer.step = snapshot
     times: dict[str, list[float]] = {n: [] for n in trainers}
+    cpu_times: dict[str, list[float]] = {n: [] for n in trainers}
     tokens = 0
     metrics = {}
     for i in range(a.steps + 1):
@@ -132,14 +133,15 @@ def compare_prefix(a, base, tok) -> dict:
         for name in order:
             tr = trainers[name]
             groups = agent_groups(B, G, base.config.vocab_size, tr.version)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             m = tr.step(groups)
-            dt = time.perf_counter() - t
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
             tokens = int(m["seq_tokens"])
             if i == 0:
                 metrics[name] = {k: m[k] for k in ("loss", "grad_norm", "shared_prefix", "seq_tokens", "tokens")}
             else:
                 times[name].append(dt)
+                cpu_times[name].append(cpu)
             print(f"{'warm-up' if i == 0 else f'step {i}'} {name:14s} {dt:7.2f}s {m['seq_tokens'] / dt:7.1f} tok/s "
                   f"(load {os.getloadavg()[0]:.1f})", flush=True)
     ga, gb = grads["full_rows"], grads["shared_prefix"]
@@ -148,6 +150,8 @@ def compare_prefix(a, base, tok) -> dict:
                 torch.sqrt(sum((x ** 2).sum() for x in ga)))
     med = {k: statistics.median(v) for k, v in times.items()}
     tps = {k: tokens / v for k, v in med.items()}
+    cpu_med = {k: statistics.median(v) for k, v in cpu_times.items()}
+    cps = {k: tokens / v for k, v in cpu_med.items()}
     return {
         "what": "one update step (forward+backward+clip+AdamW) on agent-shaped rows, with and without the "
                 "shared prefix; row tokens per second (shared prefix counted in every row)",
@@ -155,6 +159,10 @@ def compare_prefix(a, base, tok) -> dict:
         "row_shape": "386 shared prompt + 13 question (per group) + 20 reply + 250 observation + 20 reply",
         "threads": torch.get_num_threads(), "seconds_per_step": times, "median_seconds": med,
         "tokens_per_s": tps, "speedup_shared_prefix": tps["shared_prefix"] / tps["full_rows"],
+        # one thread: CPU seconds are the time the step actually ran, steadier than wall clock when the other
+        # jobs' load swings between steps
+        "cpu_seconds_per_step": cpu_times, "tokens_per_cpu_s": cps,
+        "speedup_shared_prefix_cpu_time": cps["shared_prefix"] / cps["full_rows"],
         "first_step": metrics,
         "first_step_gradient": {"max_abs_diff": diff, "relative_l2_diff": rel, "tolerance_relative_l2": 1e-4,
                                 "within_tolerance": rel < 1e-4},
@@ -218,7 +226,8 @@ def main() -> None:
                   "versions": {"torch": torch.__version__}}
         out = Path(a.out or RESULTS.with_name("train_step_prefix.json"))
         out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps({k: result[k] for k in ("tokens_per_s", "speedup_shared_prefix", "first_step_gradient")},
+        print(json.dumps({k: result[k] for k in ("tokens_per_s", "speedup_shared_prefix", "tokens_per_cpu_s",
+                                                 "speedup_shared_prefix_cpu_time", "first_step_gradient")},
                          indent=2))
         print(f"wrote {out}")
         return

@@ -152,7 +152,7 @@ class HFPolicy:
     """A transformers causal LM behind the TokenPolicy protocol."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "hf", version: int = 0,
-                 drop_finished: bool = True, prefix_cache: bool = True, engine: str = "static",
+                 drop_finished: bool = True, prefix_cache: bool = True, engine: str = "hf",
                  precision: str = "fp32") -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -174,8 +174,9 @@ class HFPolicy:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        # "static": sleuth's lean decode engine (engine.py) where the model allows, else transformers' forward;
-        # "hf": transformers' forward with a dynamic cache (the reference path).
+        # "hf": transformers' forward with a dynamic cache (the reference path, the default: on this project's
+        # CPUs decoding is bound by the float32 matrix products, and the static engine measured no faster);
+        # "static": sleuth's lean decode engine (engine.py) where the model allows, else transformers' forward.
         self.engine, self.precision = engine, precision
         self._decoder: DecodeEngine | None = None
 

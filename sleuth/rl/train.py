@@ -76,9 +76,10 @@ class RunConfig:
     """Partial rollout: generated-token budget per iteration."""
     threads: int = 0
     """torch threads (0 = torch default)."""
-    rollout_engine: str = "static"
-    """How rollouts decode: "static" (sleuth's lean engine: static KV cache, fused products, weights refreshed after
-    every update) or "hf" (transformers' generic forward, the former path)."""
+    rollout_engine: str = "hf"
+    """How rollouts decode: "hf" (transformers' generic forward) or "static" (sleuth's lean engine: static KV cache,
+    fused products, weights refreshed after every update; same tokens and log-probs, measured no faster in float32
+    on a 2-core CPU, where decoding is bound by the matrix products — benchmarks/rollout_throughput.py)."""
     rollout_precision: str = "fp32"
     """The static engine's arithmetic: "fp32" (the trainer's; log-probs agree to ~1e-5) or "int8" (faster, a
     slightly different policy: needs rl.tis_cap > 0 so the update corrects the gap with importance weights)."""

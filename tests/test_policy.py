@@ -431,8 +431,8 @@ def test_int8_engine_samples_its_own_policy(policy, prompts):
     assert all(v <= 0 for g in gens for v in g.logprobs) and len(gap) == sum(len(g.token_ids) for g in gens)
     assert 1e-4 < max(gap) < 20
     with pytest.raises(ValueError, match="tis_cap"):
-        load_run_config(None, rollout_precision="int8")
-    assert load_run_config(None, rollout_precision="int8", rl_tis_cap=2.0).rl.tis_cap == 2.0
+        load_run_config(None, rollout_engine="static", rollout_precision="int8")
+    assert load_run_config(None, rollout_engine="static", rollout_precision="int8", rl_tis_cap=2.0).rl.tis_cap == 2.0
 
 
 def test_engine_follows_lora_weights_and_their_updates():

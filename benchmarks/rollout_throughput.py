@@ -1,11 +1,21 @@
-"""Rollout throughput: batched KV-cache generation (HFPolicy.generate) vs one trajectory at a time.
+"""Rollout throughput: sleuth's decode engines side by side in one run, and their log-prob gap to the trainer.
 
-16 agent-style prompts (system prompt + a dev question, chat template) are continued for up to 128 tokens
-at temperature 0.7 by the embedded SmolLM2-135M. The sequential baseline runs transformers'
-``model.generate`` once per prompt, forced to produce exactly as many tokens as the batched run sampled
-for that prompt, so both sides generate the same number of tokens and tokens/s compare like for like.
+16 agent-style prompts (system prompt + a dev question, chat template) are continued for up to 128 tokens at
+temperature 0.7 by the embedded SmolLM2-135M, one batch of 16, with every engine of ``HFPolicy.generate``:
 
-    nice -n 10 .venv/bin/python benchmarks/rollout_throughput.py
+* ``hf``          — transformers' forward with a dynamic cache (the engine rollouts used before the static one)
+* ``static-fp32`` — sleuth's lean decode engine (``sleuth/policy/engine.py``): static KV cache, fused
+                    products, the trainer's own float32 arithmetic (the default)
+* ``static-int8`` — the same engine with int8 linear layers (fbgemm dynamic quantisation)
+
+The engines run interleaved (round r runs them in a rotated order, same seed) so that load from other
+processes hits all alike; tokens/s (wall clock) and tokens per CPU second (the process runs one thread, so this
+is the time it was actually on a core) are medians over rounds. For every engine the trainer's log-probs of the
+sampled tokens are recomputed with the reference forward (``HFPolicy.logprobs`` at the same temperature, what
+``ReinforceTrainer`` computes) and the gap Δ = logπ_trainer − logπ_engine is recorded: mean and max |Δ| and
+quantiles of the importance ratio exp(Δ) that the objective's ``tis_cap`` would apply.
+
+    SLEUTH_THREADS=1 nice -n 5 .venv/bin/python benchmarks/rollout_throughput.py [--rounds 2]
 """
 
 from __future__ import annotations
@@ -14,11 +24,12 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import sys
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout, no install needed
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -36,6 +47,7 @@ SYSTEM = (
     "Think step by step inside <think>...</think>, then write exactly one action as JSON inside "
     "<action>...</action>. Cite the passages you used."
 )
+ENGINES = {"hf": ("hf", "fp32"), "static-fp32": ("static", "fp32"), "static-int8": ("static", "int8")}
 
 
 @dataclass
@@ -45,6 +57,8 @@ class Config:
     temperature: float = 0.7
     threads: int = 1              # torch intra-op threads (1 is steadiest on a small shared machine)
     seed: int = 0
+    rounds: int = 2               # interleaved rounds; tokens/s is the median per engine
+    engines: str = "hf,static-fp32,static-int8"
     out: str = str(Path(__file__).parent / "results" / "rollout_throughput.json")
 
 
@@ -58,31 +72,34 @@ def build_prompts(policy: HFPolicy, n: int) -> list[list[int]]:
         add_generation_prompt=True, tokenize=True)["input_ids"]) for r in picked]
 
 
-def time_batched(policy: HFPolicy, prompts: list[list[int]], params: SamplingParams, seed: int,
-                 drop_finished: bool) -> tuple[dict, list[int]]:
-    policy.drop_finished = drop_finished
-    torch.manual_seed(seed)
-    t0 = time.perf_counter()
-    gens = policy.generate(prompts, params)
-    dt = time.perf_counter() - t0
-    policy.drop_finished = True
-    lens = [len(g.token_ids) for g in gens]
-    return {"seconds": round(dt, 3), "tokens": sum(lens), "tokens_per_s": round(sum(lens) / dt, 2),
-            "finish_reasons": {r: sum(g.finish_reason == r for g in gens) for r in ("eos", "stop", "length")}}, lens
+def mismatch(policy: HFPolicy, prompts: list[list[int]], gens, temperature: float) -> dict:
+    """Δ = trainer log-prob − engine log-prob on every sampled token (reference forward, same temperature)."""
+    policy.engine = "hf"
+    ref = policy.logprobs([p + g.token_ids for p, g in zip(prompts, gens)], temperature=temperature)
+    d = torch.tensor([r - e for p, g, lp in zip(prompts, gens, ref)
+                      for r, e in zip(lp[len(p) - 1:], g.logprobs)], dtype=torch.float64)
+    ratio = d.exp()
+    q = torch.tensor([0.01, 0.05, 0.5, 0.95, 0.99], dtype=torch.float64)
+    return {"tokens": len(d), "mean_abs": float(d.abs().mean()), "max_abs": float(d.abs().max()),
+            "mean": float(d.mean()),
+            "ratio_quantiles": dict(zip(["p01", "p05", "p50", "p95", "p99"],
+                                        [round(float(x), 6) for x in torch.quantile(ratio, q)])),
+            "ratio_outside_0.5_2": float(((ratio < 0.5) | (ratio > 2)).double().mean())}
 
 
-def time_sequential(policy: HFPolicy, prompts: list[list[int]], lens: list[int], temperature: float,
-                    seed: int) -> dict:
-    torch.manual_seed(seed)
-    total, t0 = 0, time.perf_counter()
-    for p, n in zip(prompts, lens):
-        x = torch.tensor([p], device=policy.device)
-        out = policy.model.generate(x, attention_mask=torch.ones_like(x), do_sample=True,
-                                    temperature=temperature, top_p=1.0, top_k=0, max_new_tokens=n,
-                                    min_new_tokens=n, pad_token_id=policy.pad_id)
-        total += out.shape[1] - len(p)
-    dt = time.perf_counter() - t0
-    return {"seconds": round(dt, 3), "tokens": total, "tokens_per_s": round(total / dt, 2)}
+def greedy_agreement(policy: HFPolicy, prompts: list[list[int]], names: list[str], n_tokens: int = 32) -> dict:
+    """Greedy continuations of every engine against the reference (hf): identical rows, max |Δ log-prob|."""
+    out, ref = {}, None
+    for name in ["hf"] + [n for n in names if n != "hf"]:
+        policy.engine, policy.precision = ENGINES[name]
+        gens = policy.generate(prompts, SamplingParams(max_new_tokens=n_tokens, temperature=0))
+        if ref is None:
+            ref = gens
+            continue
+        same = [a.token_ids == b.token_ids for a, b in zip(ref, gens)]
+        lp = [abs(x - y) for a, b, s in zip(ref, gens, same) if s for x, y in zip(a.logprobs, b.logprobs)]
+        out[name] = {"identical_rows": sum(same), "rows": len(same), "max_abs_logprob_diff": max(lp, default=None)}
+    return out
 
 
 def main() -> None:
@@ -92,34 +109,74 @@ def main() -> None:
         ap.add_argument(f"--{k.replace('_', '-')}", type=type(v), default=v)
     cfg = Config(**vars(ap.parse_args()))
     torch.set_num_threads(cfg.threads)
+    names = [n.strip() for n in cfg.engines.split(",") if n.strip()]
+    unknown = set(names) - set(ENGINES)
+    if unknown:
+        raise SystemExit(f"unknown engine(s) {sorted(unknown)}; known: {', '.join(ENGINES)}")
+    load_before = os.getloadavg()
 
     t0 = time.perf_counter()
     policy = HFPolicy.load()
+    policy.prefix_cache = None            # every run prefills its prompts: no engine gets another's KV
     load_s = time.perf_counter() - t0
     prompts = build_prompts(policy, cfg.batch)
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    policy.generate(prompts[:2], SamplingParams(max_new_tokens=4, temperature=cfg.temperature))  # warm-up
+    for name in names:                    # warm-up (and, for the static engines, copying the weights)
+        policy.engine, policy.precision = ENGINES[name]
+        t = time.perf_counter()
+        policy.generate(prompts[:2], SamplingParams(max_new_tokens=4, temperature=cfg.temperature))
+        print(f"warm-up {name}: {time.perf_counter() - t:.1f}s", flush=True)
 
-    batched, lens = time_batched(policy, prompts, params, cfg.seed, drop_finished=True)
-    kept, _ = time_batched(policy, prompts, params, cfg.seed, drop_finished=False)
-    sequential = time_sequential(policy, prompts, lens, cfg.temperature, cfg.seed)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    last_gens = {}
+    for r in range(cfg.rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            policy.engine, policy.precision = ENGINES[name]
+            torch.manual_seed(cfg.seed + r)
+            t, c = time.perf_counter(), time.process_time()
+            gens = policy.generate(prompts, params)
+            dt, cpu = time.perf_counter() - t, time.process_time() - c
+            n = sum(len(g.token_ids) for g in gens)
+            runs[name].append({"round": r, "seconds": round(dt, 3), "cpu_seconds": round(cpu, 3), "tokens": n,
+                               "tokens_per_s": round(n / dt, 2), "tokens_per_cpu_s": round(n / cpu, 2),
+                               "load_average_1min": round(os.getloadavg()[0], 2)})
+            last_gens[name] = gens
+            print(f"round {r} {name:12s} {dt:7.1f}s {n:5d} tokens {n / dt:7.1f} tok/s, {n / cpu:7.1f} tok per "
+                  f"CPU s (load {os.getloadavg()[0]:.1f})", flush=True)
+
+    engines = {}
+    for name in names:
+        tps = statistics.median(x["tokens_per_s"] for x in runs[name])
+        cps = statistics.median(x["tokens_per_cpu_s"] for x in runs[name])
+        engines[name] = {"tokens_per_s_median": round(tps, 2), "tokens_per_cpu_s_median": round(cps, 2),
+                         "runs": runs[name],
+                         "logprob_mismatch_to_trainer": mismatch(policy, prompts, last_gens[name], cfg.temperature)}
+        print(f"{name}: mismatch {engines[name]['logprob_mismatch_to_trainer']}", flush=True)
+    base = engines.get("hf", {}).get("tokens_per_s_median")
     result = {
         "config": asdict(cfg),
+        "what": "batched sampling at T=0.7 (prefill + decode), engines interleaved in one run, one torch thread",
         "model": policy.name, "device": str(policy.device), "load_seconds": round(load_s, 2),
         "prompt_tokens": {"min": min(map(len, prompts)), "max": max(map(len, prompts)),
                           "total": sum(map(len, prompts))},
-        "batched_drop_finished": batched,
-        "batched_keep_finished": kept,
-        "sequential_hf_generate": sequential,
-        "speedup_batched_vs_sequential": round(batched["tokens_per_s"] / sequential["tokens_per_s"], 2),
-        "speedup_drop_vs_keep_finished": round(batched["tokens_per_s"] / kept["tokens_per_s"], 2),
-        "load_average_1min": round(os.getloadavg()[0], 2),   # other work on the machine skews timings
+        "engines": engines,
+        "speedup_vs_hf": {n: round(e["tokens_per_s_median"] / base, 2) for n, e in engines.items()} if base else {},
+        # One thread: CPU seconds are the time the process actually ran, less sensitive to the other jobs'
+        # load swinging between runs than wall-clock seconds.
+        "speedup_vs_hf_cpu_time": {n: round(e["tokens_per_cpu_s_median"] / engines["hf"]["tokens_per_cpu_s_median"], 2)
+                                   for n, e in engines.items()} if base else {},
+        "greedy_vs_hf": greedy_agreement(policy, prompts, names),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
     }
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("speedup_vs_hf", "speedup_vs_hf_cpu_time", "greedy_vs_hf")}, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -390,3 +390,83 @@ def test_loader_picks_the_server_policy(server, monkeypatch):
     assert isinstance(pol, OpenAIPolicy) and pol.name == "default"
     assert pol.chat(MSGS).text == "ok"
     assert server.requests[0]["auth"] == "Bearer sk-env"
+
+
+# ------------------------------------------------------------------------------------- decode engines
+@pytest.mark.slow
+def test_static_engine_equals_the_reference_engine(policy, prompts):
+    """Greedy agent steps (prefix cache, ragged batches, rows finishing early) give the same tokens and
+    log-probs from sleuth's static engine as from transformers' forward."""
+    from sleuth.policy.kvcache import PrefixCache
+
+    obs = policy.tokenizer.encode("\nObservation: [1] a search result about the question.\n")
+    saved = policy.prefix_cache, policy.engine
+    runs = {}
+    try:
+        for engine in ("hf", "static"):
+            policy.engine, policy.prefix_cache = engine, PrefixCache()
+            runs[engine] = _agent_steps(policy, prompts, obs)
+            assert (policy.decode_engine() is not None) == (engine == "static")
+    finally:
+        policy.prefix_cache, policy.engine = saved
+    for (t_ref, lp_ref), (t, lp) in zip(runs["hf"], runs["static"]):
+        assert t == t_ref
+        assert lp == pytest.approx(lp_ref, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_int8_engine_samples_its_own_policy(policy, prompts):
+    """int8 is a slightly different policy: it runs, records its own log-probs (finite, ≤ 0), and they differ
+    from the trainer's by a measurable gap that training must correct (RunConfig demands tis_cap)."""
+    from sleuth.rl.train import load_run_config
+
+    saved = policy.engine, policy.precision
+    try:
+        policy.engine, policy.precision = "static", "int8"
+        gens = policy.generate(prompts[:2], SamplingParams(max_new_tokens=8, temperature=0.7))
+    finally:
+        policy.engine, policy.precision = saved
+    ref = policy.logprobs([p + g.token_ids for p, g in zip(prompts, gens)], temperature=0.7)
+    gap = [abs(r - e) for p, g, lp in zip(prompts, gens, ref) for r, e in zip(lp[len(p) - 1:], g.logprobs)]
+    assert all(v <= 0 for g in gens for v in g.logprobs) and len(gap) == sum(len(g.token_ids) for g in gens)
+    assert 1e-4 < max(gap) < 20
+    with pytest.raises(ValueError, match="tis_cap"):
+        load_run_config(None, rollout_engine="static", rollout_precision="int8")
+    assert load_run_config(None, rollout_engine="static", rollout_precision="int8", rl_tis_cap=2.0).rl.tis_cap == 2.0
+
+
+def test_engine_follows_lora_weights_and_their_updates():
+    """The engine's forward equals the model's (a LoRA adapter merged in) for a prefill and decode steps, and
+    after an in-place update it copies the new weights before the next call."""
+    from peft import LoraConfig, get_peft_model
+
+    from sleuth.policy.engine import DecodeEngine
+    from sleuth.rl.toy import tiny_llama
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_llama(seed=3), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)       # a trained adapter, not peft's zero initialisation
+    ids = torch.tensor([[1, 5, 9, 11, 4, 7, 2, 8], [1, 6, 6, 3, 10, 12, 13, 9]])
+    eng = DecodeEngine(model)
+
+    def check():
+        with torch.no_grad():
+            ref = model(input_ids=ids).logits
+        cache = eng.new_cache(2, 8)
+        got = eng.forward(cache, ids[:, :5], torch.arange(5).expand(2, 5), torch.ones(2, 5, dtype=torch.bool))
+        torch.testing.assert_close(got, ref[:, 4], atol=1e-5, rtol=1e-4)
+        for t in range(5, 8):       # one token per step, as in decoding
+            got = eng.forward(cache, ids[:, t:t + 1], torch.full((2, 1), t), torch.ones(2, 1, dtype=torch.bool))
+            torch.testing.assert_close(got, ref[:, t], atol=1e-5, rtol=1e-4)
+
+    check()
+    assert not eng.refresh()                        # nothing changed: no copy
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_A" in n:
+                p.add_(0.05)                        # what an optimizer step does
+    assert eng.refresh()
+    check()

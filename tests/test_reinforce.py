@@ -415,3 +415,73 @@ def test_one_reward_contract_from_rollout_to_update():
     assert st["accuracy"] == 0.5 and [s.traj.judgement.reward for s in sel] == [0.0, 1.0]
     with pytest.raises(ValueError, match="no judgement"):
         select([[make_traj([[12]])]], cfg_for(), version=0)
+
+
+# --------------------------------------------------------------------------------- shared-prefix update
+def prefixed_groups(prefix_len: int = 40) -> list[list[Trajectory]]:
+    """Agent-shaped rows: a long prompt every row shares (system prompt, examples), then each row's own
+    question tokens and replies of different lengths (so the suffixes are padded)."""
+    shared = [1] + [5 + (i % 50) for i in range(prefix_len - 1)]
+    g1 = [judged(make_traj([[10, 11, 12], [13]], prompt=shared + [3]), True),
+          judged(make_traj([[14]], prompt=shared + [3]), False),
+          judged(make_traj([[15, 16]], prompt=shared + [3]), False)]
+    g2 = [judged(make_traj([[17, 18, 19, 20]], prompt=shared + [4, 4]), True),
+          judged(make_traj([[21], [22, 23]], prompt=shared + [4, 4]), False)]
+    return [g1, g2]
+
+
+@pytest.mark.parametrize("kw", [{}, {"lora_r": 4}, {"micro_batch_size": 2, "l2_tau": 0.5}])
+def test_shared_prefix_update_has_the_same_gradient(kw):
+    """Running the prefix all rows share once gives the same loss, gradient and new weights as running every
+    row whole (the former path, share_prefix=False)."""
+    grads, losses, models = [], [], []
+    for share in (False, True):
+        model = tiny_llama(seed=8)
+        torch.manual_seed(0)                      # the same LoRA initialisation on both sides
+        trainer = ReinforceTrainer(model, None, cfg_for(share_prefix=share, **kw))
+        captured = {}
+        step = trainer.optimizer.step
+
+        def snapshot(*a, **k):   # the accumulated gradient of every parameter, as the optimizer sees it
+            captured["g"] = [p.grad.clone() for p in trainer.params]
+            return step(*a, **k)
+
+        trainer.optimizer.step = snapshot
+        m = trainer.step(prefixed_groups())
+        assert m["shared_prefix"] == (40 if share else 0)
+        assert m["seq_tokens"] == sum(len(t.segments[0].token_ids) - 1 for g in prefixed_groups() for t in g)
+        grads.append(captured["g"])
+        losses.append(m["loss"])
+        models.append(trainer.model)
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
+    for ga, gb in zip(grads[0], grads[1]):
+        torch.testing.assert_close(gb, ga, atol=1e-5, rtol=1e-4)          # float32 summation order
+    for pa, pb in zip(models[0].parameters(), models[1].parameters()):   # Adam's first step ≈ lr·sign(g)
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prefix_stops_before_the_first_trained_token():
+    cfg = cfg_for()
+    sel, _ = select(prefixed_groups(), cfg, version=0)
+    rows, _ = build_rows(sel, cfg, version=0)
+    from sleuth.rl.reinforce import shared_prefix_length
+    assert shared_prefix_length(rows, 32) == 40            # the shared prompt; questions differ after it
+    assert shared_prefix_length(rows, 41) == 0             # shorter than asked for: not worth sharing
+    same = [r for r in rows if r.input_ids[:41] == rows[0].input_ids[:41]]
+    n = shared_prefix_length(same, 1)
+    assert all(not any(r.loss_mask[:n]) for r in same) and any(r.loss_mask[n] for r in same)
+
+
+def test_engine_importance_weights_correct_a_logprob_gap():
+    """Rollouts recorded log-probs μ that differ from the trainer's π: with tis_cap the current-version
+    tokens are weighted by min(π/μ, cap), measured as tis_weight_mean; the gap is reported either way."""
+    def groups(lp):
+        return [[judged(make_traj([[10, 11]], lp=lp), True), judged(make_traj([[12]], lp=lp), False)]]
+
+    off = ReinforceTrainer(tiny_llama(seed=9), None, cfg_for()).step(groups(-4.0))
+    assert off["tis_weight_mean"] == 1.0 and off["logprob_mismatch"] > 0 and off["logprob_mismatch_max"] > 0
+    # μ far below π (lp=-9 vs ≈ -4.2 under a near-uniform 64-token model): every ratio is clipped at the cap
+    on = ReinforceTrainer(tiny_llama(seed=9), None, cfg_for(tis_cap=2.0)).step(groups(-9.0))
+    assert on["tis_weight_mean"] == pytest.approx(2.0)
+    assert on["loss"] == pytest.approx(2.0 * ReinforceTrainer(tiny_llama(seed=9), None, cfg_for()).step(
+        groups(-9.0))["loss"], rel=1e-5)

@@ -27,6 +27,7 @@ import torch
 
 from sleuth import paths
 from sleuth.policy.base import Generation, SamplingParams
+from sleuth.policy.engine import PRECISIONS, DecodeEngine, StaticCache, supports
 from sleuth.policy.kvcache import PrefixCache, weights_key
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_NAME = "smollm2-135m-instruct"
 VERSION_FILE = "sleuth_version.json"
 _SOURCE_FILE = "sleuth_source.json"   # records which GGUF a cached safetensors copy came from
+ENGINES = ("static", "hf")
 
 
 def _offline() -> None:
@@ -150,7 +152,8 @@ class HFPolicy:
     """A transformers causal LM behind the TokenPolicy protocol."""
 
     def __init__(self, model: Any, tokenizer: Any, name: str = "hf", version: int = 0,
-                 drop_finished: bool = True, prefix_cache: bool = True) -> None:
+                 drop_finished: bool = True, prefix_cache: bool = True, engine: str = "hf",
+                 precision: str = "fp32") -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name
@@ -167,6 +170,15 @@ class HFPolicy:
         self.eos_ids = self._eos_ids()
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.eos_ids))
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        # "hf": transformers' forward with a dynamic cache (the reference path, the default: on this project's
+        # CPUs decoding is bound by the float32 matrix products, and the static engine measured no faster);
+        # "static": sleuth's lean decode engine (engine.py) where the model allows, else transformers' forward.
+        self.engine, self.precision = engine, precision
+        self._decoder: DecodeEngine | None = None
 
     # ---------------------------------------------------------------- loading / saving
     @classmethod
@@ -300,8 +312,10 @@ class HFPolicy:
             if self._prefill_in_buckets(prompts, reuse):
                 reuse = [pc.lookup(p) for p in prompts]
         cache, ids, mask, pos = self._layout(prompts, reuse)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                            use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        eng = self.decode_engine()
+        dec = _StaticDecoder(eng, cache, mask, ids.shape[1], budget) if eng is not None else \
+            _HFDecoder(self.model, cache, mask, ids.shape[1])
+        logits = dec.prefill(ids, pos)
         rows = list(range(len(prompts)))            # batch row -> original prompt index
         next_pos = pos[:, -1:] + 1
         stop_window = 4 * max((len(s) for s in params.stop), default=0) + 4  # tokens to re-decode per check
@@ -326,18 +340,26 @@ class HFPolicy:
             if self.drop_finished and len(keep) < len(rows):
                 if pc is not None:
                     kept = set(keep)
-                    self._remember(cache, mask, [(b, r) for b, r in enumerate(rows) if b not in kept], prompts,
-                                   out_ids)
+                    self._remember(dec.row_kv, dec.mask, [(b, r) for b, r in enumerate(rows) if b not in kept],
+                                   prompts, out_ids)
                 sel = torch.tensor(keep, device=dev)
-                cache.batch_select_indices(sel)
-                mask, next_pos, tok = mask[sel], next_pos[sel], tok[sel]
+                dec.select(sel)
+                next_pos, tok = next_pos[sel], tok[sel]
                 rows = [rows[b] for b in keep]
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-            logits = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos,
-                                past_key_values=cache, use_cache=True).logits[:, -1, :]
+            logits = dec.step(tok, next_pos)
             next_pos = next_pos + 1
         if pc is not None:
-            self._remember(cache, mask, list(enumerate(rows)), prompts, out_ids)
+            self._remember(dec.row_kv, dec.mask, list(enumerate(rows)), prompts, out_ids)
+
+    def decode_engine(self) -> DecodeEngine | None:
+        """The lean decode engine with the model's current weights (None: the reference path is used)."""
+        if self.engine != "static" or not supports(self.model):
+            return None
+        if self._decoder is None or self._decoder.precision != self.precision:
+            self._decoder = DecodeEngine(self.model, self.precision)
+        else:
+            self._decoder.refresh()
+        return self._decoder
 
     def _prefill_in_buckets(self, prompts: list[list[int]], reuse: list[tuple[int, int | None]]) -> bool:
         """Rows whose uncached parts differ much in length (a resumed long trajectory beside fresh short ones)
@@ -364,7 +386,8 @@ class HFPolicy:
             cache, ids, mask, pos = self._layout(heads, [self.prefix_cache.lookup(h) for h in heads])
             self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                        use_cache=True, logits_to_keep=1)
-            self._remember(cache, mask, list(enumerate(range(len(heads)))), heads, [[] for _ in heads])
+            self._remember(_dynamic_row_kv(cache), mask, list(enumerate(range(len(heads)))), heads,
+                           [[] for _ in heads])
         return True
 
     def _layout(self, prompts: list[list[int]], reuse: list[tuple[int, int | None]]):
@@ -434,17 +457,17 @@ class HFPolicy:
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, c:]
         return cache, ids, mask, pos
 
-    def _remember(self, cache: Any, mask: torch.Tensor, rows: list[tuple[int, int]], prompts: list[list[int]],
+    def _remember(self, row_kv: Any, mask: torch.Tensor, rows: list[tuple[int, int]], prompts: list[list[int]],
                   out_ids: list[list[int]]) -> None:
         """Store batch rows (batch index, prompt index) in the prefix cache: the KV of their real positions,
-        i.e. the prompt and the generated tokens fed so far (the last sampled token never was)."""
+        i.e. the prompt and the generated tokens fed so far (the last sampled token never was).
+        ``row_kv(b, idx)`` gives row b's per-layer (keys, values) at slots idx."""
         assert self.prefix_cache is not None
         for b, r in rows:
             idx = mask[b].nonzero().squeeze(-1)
             tokens = (prompts[r] + out_ids[r])[:len(idx)]
             idx = idx[:len(tokens)]
-            kv = [(layer.keys[b][:, idx].clone(), layer.values[b][:, idx].clone()) for layer in cache.layers]
-            self.prefix_cache.store(tokens, kv)
+            self.prefix_cache.store(tokens, row_kv(b, idx))
 
     def _hit_stop(self, ids: list[int], stops: list[str], window: int) -> bool:
         # Only the tail can hold a stop string completed by the newest token; earlier hits already stopped.
@@ -519,3 +542,60 @@ class HFPolicy:
 
     def __repr__(self) -> str:
         return f"HFPolicy(name={self.name!r}, version={self.version}, device={self.device})"
+
+
+def _dynamic_row_kv(cache: Any):
+    return lambda b, idx: [(layer.keys[b][:, idx].clone(), layer.values[b][:, idx].clone())
+                           for layer in cache.layers]
+
+
+class _HFDecoder:
+    """The reference decode path: transformers' forward over a DynamicCache, the mask grown every step."""
+
+    def __init__(self, model: Any, cache: Any, mask: torch.Tensor, width: int):
+        self.model, self.cache, self.mask = model, cache, mask
+
+    def prefill(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+                          use_cache=True, logits_to_keep=1).logits[:, -1, :]
+
+    def step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.shape[0], 1))], dim=-1)
+        return self.model(input_ids=tok[:, None], attention_mask=self.mask, position_ids=pos,
+                          past_key_values=self.cache, use_cache=True).logits[:, -1, :]
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+
+    def row_kv(self, b: int, idx: torch.Tensor):
+        return _dynamic_row_kv(self.cache)(b, idx)
+
+
+class _StaticDecoder:
+    """The lean path: the prefilled past (shared prefix or cached rows) moves into a StaticCache sized for the
+    whole generation, then the engine runs the new tokens and every decode step."""
+
+    def __init__(self, eng: DecodeEngine, cache: Any, mask: torch.Tensor, width: int, budget: int):
+        self.eng = eng
+        past = mask.shape[1] - width
+        self.sc: StaticCache = eng.new_cache(mask.shape[0], mask.shape[1] + budget)
+        if past:
+            self.sc.load([(layer.keys, layer.values) for layer in cache.layers], mask[:, :past])
+        self._new_mask = mask[:, past:]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.sc.valid[:, :self.sc.fill]
+
+    def prefill(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.eng.forward(self.sc, ids, pos, self._new_mask)
+
+    def step(self, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        return self.eng.forward(self.sc, tok[:, None], pos, torch.ones_like(pos, dtype=torch.bool))
+
+    def select(self, rows: torch.Tensor) -> None:
+        self.sc.select(rows)
+
+    def row_kv(self, b: int, idx: torch.Tensor):
+        return self.sc.row_kv(b, idx)

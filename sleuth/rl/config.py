@@ -56,6 +56,10 @@ class TrainConfig:
     'is' keeps them weighted by min(π/π_old, is_cap) (detached)."""
     is_cap: float = 2.0
     """Upper clip of the importance weight in off_policy='is' mode."""
+    tis_cap: float = 0.0
+    """Truncated importance weight min(π/μ, tis_cap) on tokens sampled by the current weights, μ being the rollout
+    engine's recorded log-prob: corrects an engine whose log-probs differ from the trainer's (0 = off; the
+    default float32 engine matches the trainer to ~1e-5, an int8 engine does not and requires it)."""
     l2_tau: float = 0.0
     """Coefficient τ of the k1.5-style penalty τ/2·(logπ − logπ_old)² on trained tokens (0 disables)."""
     log_entropy: bool = True
@@ -82,6 +86,11 @@ class TrainConfig:
     """Run forward/backward under bfloat16 autocast (weights and optimizer state stay float32)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    share_prefix: bool = True
+    """Run the prompt prefix that every row of the update shares (system prompt, worked examples) once instead
+    of once per row; the gradient is the same (False: every row runs whole, the former path)."""
+    share_prefix_min: int = 32
+    """Shortest common prefix worth sharing."""
     device: str = "cpu"
     """Torch device for the update."""
 
@@ -110,6 +119,8 @@ class TrainConfig:
             raise ValueError("micro_batch_size and group_size must be >= 1, max_seq_len >= 2")
         if self.is_cap <= 0:
             raise ValueError("is_cap must be > 0")
+        if self.tis_cap < 0:
+            raise ValueError("tis_cap must be >= 0 (0 disables it)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -15,6 +15,9 @@ this file never samples.
    partial rollouts sampled with an OLDER weight version are either dropped (``off_policy='mask'``, the
    default: only tokens the current weights sampled get a gradient) or kept with a detached, clipped importance
    weight min(π/π_old, is_cap) (``off_policy='is'``: keeps the data of long resumed runs, at some variance).
+   When the rollout engine's log-probs differ from the trainer's (a lower-precision engine), ``tis_cap`` > 0
+   weights current-version tokens by min(π/μ, tis_cap) too, μ being what the engine sampled from (its recorded
+   log-prob); ``logprob_mismatch`` (mean |logπ − logμ|) and ``logprob_mismatch_max`` measure the gap.
 5) Loss. ``−Σ w·A·logπ / Σ mask`` over every trained token of the batch (token-level normalisation, as in
    nanochat's chat_rl.py), plus an optional k1.5-style ``τ/2·(logπ − logπ_old)²`` on the same tokens.
    Sequences are built only from recorded token ids: input = ids[:-1], target = ids[1:], loss mask = mask[1:]
@@ -24,6 +27,7 @@ this file never samples.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
@@ -185,6 +189,10 @@ class Batch:
     def n_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    def suffix(self, start: int) -> "Batch":
+        """The positions from ``start`` on (what follows a shared prefix)."""
+        return Batch(*(getattr(self, f.name)[:, start:] for f in dataclasses.fields(self)))
+
 
 def collate(rows: list[Row], device: str | torch.device = "cpu", pad_id: int = 0) -> Batch:
     L = max(len(r.input_ids) for r in rows)
@@ -201,6 +209,57 @@ def collate(rows: list[Row], device: str | torch.device = "cpu", pad_id: int = 0
         old_logprobs=pad([r.old_logprobs for r in rows], 0.0, torch.float32),
         is_old=pad([r.is_old for r in rows], 0, torch.bool),
     )
+
+
+def shared_prefix_length(rows: list[Row], minimum: int) -> int:
+    """Leading input tokens that every row has in common and that no row trains on (0 when under ``minimum``).
+
+    Agent rows all start with the same system prompt and worked examples, and a group's rows with the same
+    question: running that prefix once instead of once per row is exact (its keys and values are the same for
+    every row, and gradients from every row flow back into the one copy)."""
+    if len(rows) < 2:
+        return 0
+    first = rows[0].input_ids
+    n = min(min(len(r.input_ids) for r in rows),
+            min(r.loss_mask.index(1) if 1 in r.loss_mask else len(r.loss_mask) for r in rows))
+    for r in rows[1:]:
+        ids = r.input_ids
+        i = 0
+        while i < n and ids[i] == first[i]:
+            i += 1
+        n = i
+    return n if n >= minimum else 0
+
+
+class SharedPrefix:
+    """The prefix's keys and values, computed once with gradients. Micro-batches attend to detached leaf
+    copies (expanded to their rows, no copy); their gradients accumulate on the leaves, and ``backward``
+    sends the sum through the prefix's forward once, after the last micro-batch."""
+
+    def __init__(self, body: torch.nn.Module, ids: list[int], device: torch.device):
+        out = body(input_ids=torch.tensor([ids], device=device), use_cache=True)
+        self.length = len(ids)
+        self.config = getattr(body, "config", None)
+        self._kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        self._leaves = [(k.detach().requires_grad_(k.requires_grad), v.detach().requires_grad_(v.requires_grad))
+                        for k, v in self._kv]
+
+    def cache(self, rows: int):
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
+                                            for k, v in self._leaves], config=self.config)
+
+    def backward(self) -> None:
+        outs, grads = [], []
+        for pair, leaves in zip(self._kv, self._leaves):
+            for t, leaf in zip(pair, leaves):
+                if leaf.grad is not None:
+                    outs.append(t)
+                    grads.append(leaf.grad)
+        if outs:
+            torch.autograd.backward(outs, grads)
+        self._kv, self._leaves = [], []
 
 
 # ---------------------------------------------------------------------------------------------- 5. loss
@@ -220,8 +279,8 @@ def _backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.n
     return body, head
 
 
-def token_logprobs(model: torch.nn.Module, batch: Batch, entropy: bool = False, temperature: float = 1.0
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def token_logprobs(model: torch.nn.Module, batch: Batch, entropy: bool = False, temperature: float = 1.0,
+                   prefix: SharedPrefix | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(target) at the trained positions (flattened, [N]), and their entropy (detached) if asked.
 
     π is the policy the rollouts sampled from: softmax(logits / temperature). Training that same tempered
@@ -230,10 +289,22 @@ def token_logprobs(model: torch.nn.Module, batch: Batch, entropy: bool = False, 
 
     Only trained positions go through the LM head: on agent traces most tokens are prompt and tool output,
     and the vocabulary projection is a large part of a small model's cost.
+
+    ``prefix``: ``batch`` holds the positions after a ``SharedPrefix`` that every row starts with.
     """
     sel = batch.loss_mask
     parts = _backbone_and_head(model)
-    if parts is not None:
+    if prefix is not None:
+        if parts is None:
+            raise ValueError("a shared prefix needs a model with a plain LM head")
+        body, head = parts
+        b, w, p = batch.input_ids.shape[0], batch.input_ids.shape[1], prefix.length
+        mask = torch.cat([batch.attention_mask.new_ones((b, p)), batch.attention_mask], dim=1)
+        pos = torch.arange(p, p + w, device=batch.input_ids.device).expand(b, w)
+        hidden = body(input_ids=batch.input_ids, attention_mask=mask, position_ids=pos,
+                      past_key_values=prefix.cache(b), use_cache=True)[0]
+        logits = head(hidden[sel]).float()
+    elif parts is not None:
         body, head = parts
         hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)[0]
         logits = head(hidden[sel]).float()
@@ -263,8 +334,10 @@ def reinforce_loss(logp: torch.Tensor, batch: Batch, n_total: int, cfg: TrainCon
     sel = batch.loss_mask
     adv, old, is_old = batch.advantages[sel], batch.old_logprobs[sel], batch.is_old[sel]
     w = torch.ones_like(logp)
+    ratio = torch.exp(logp.detach() - old)
+    if cfg.tis_cap > 0:   # the rollout engine's log-probs differ from ours: truncated importance weights
+        w = torch.where(is_old, w, ratio.clamp(max=cfg.tis_cap))
     if cfg.off_policy == "is":
-        ratio = torch.exp(logp.detach() - old)
         w = torch.where(is_old, ratio.clamp(max=cfg.is_cap), w)
     pg = -(w * adv * logp).sum() / n_total
     l2 = (cfg.l2_tau / 2) * ((logp - old) ** 2).sum() / n_total if cfg.l2_tau > 0 else logp.new_zeros(())
@@ -274,6 +347,8 @@ def reinforce_loss(logp: torch.Tensor, batch: Batch, n_total: int, cfg: TrainCon
             "pg_loss": pg.detach(), "l2_loss": l2.detach(),
             "adv_sum": adv.sum(), "w_sum_old": w[is_old].sum(), "clipped_old": (w[is_old] >= cfg.is_cap).sum(),
             "n_old": is_old.sum(), "mismatch_sum": (logp.detach() - old)[cur].abs().sum(), "n_cur": cur.sum(),
+            "mismatch_max": (logp.detach() - old)[cur].abs().max() if bool(cur.any()) else logp.new_zeros(()),
+            "w_sum_cur": w[cur].sum(),
         }
     return pg + l2, stats
 
@@ -341,19 +416,30 @@ class ReinforceTrainer:
         self.model.train()
         acc: dict[str, float] = {}
         ent_sum, seq_tokens = 0.0, 0
+        parts = _backbone_and_head(self.model)
+        p = shared_prefix_length(rows, cfg.share_prefix_min) \
+            if cfg.share_prefix and parts is not None and not cfg.gradient_checkpointing else 0
+        prefix = None
+        if p:
+            with self._autocast():
+                prefix = SharedPrefix(parts[0], rows[0].input_ids[:p], self.device)
         for i in range(0, len(rows), cfg.micro_batch_size):
             batch = collate(rows[i:i + cfg.micro_batch_size], self.device)
-            seq_tokens += batch.n_tokens
+            seq_tokens += batch.n_tokens           # the rows' tokens, shared prefix included: comparable rates
+            if prefix is not None:
+                batch = batch.suffix(p)
             with self._autocast():
                 logp, ent = token_logprobs(self.model, batch, entropy=cfg.log_entropy,
-                                           temperature=cfg.temperature)
+                                           temperature=cfg.temperature, prefix=prefix)
                 loss, st = reinforce_loss(logp, batch, n_total, cfg)
             loss.backward()
             st["loss"] = loss.detach()
             for k, v in st.items():
-                acc[k] = acc.get(k, 0.0) + float(v)
+                acc[k] = max(acc.get(k, 0.0), float(v)) if k == "mismatch_max" else acc.get(k, 0.0) + float(v)
             if ent is not None:
                 ent_sum += float(ent.sum())
+        if prefix is not None:
+            prefix.backward()
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         self.optimizer.step()
@@ -371,8 +457,10 @@ class ReinforceTrainer:
             is_weight_mean=acc["w_sum_old"] / n_old if n_old else 1.0,
             is_clipped_frac=acc["clipped_old"] / n_old if n_old else 0.0,
             logprob_mismatch=acc["mismatch_sum"] / acc["n_cur"] if acc["n_cur"] else 0.0,
+            logprob_mismatch_max=acc["mismatch_max"],
+            tis_weight_mean=acc["w_sum_cur"] / acc["n_cur"] if acc["n_cur"] else 1.0,
             grad_norm=grad_norm, lr=float(self.optimizer.param_groups[0]["lr"]),
-            seq_tokens=float(seq_tokens), tokens_per_s=seq_tokens / dt, update_seconds=dt,
+            seq_tokens=float(seq_tokens), tokens_per_s=seq_tokens / dt, update_seconds=dt, shared_prefix=float(p),
             version=float(self.version),
         )
         return metrics

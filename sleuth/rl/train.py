@@ -79,7 +79,22 @@ class RunConfig:
     """Partial rollout: generated-token budget per iteration."""
     threads: int = 0
     """torch threads (0 = torch default)."""
+    rollout_engine: str = "hf"
+    """How rollouts decode: "hf" (transformers' generic forward) or "static" (sleuth's lean engine: static KV cache,
+    fused products, weights refreshed after every update; same tokens and log-probs, measured no faster in float32
+    on a 2-core CPU, where decoding is bound by the matrix products — benchmarks/rollout_throughput.py)."""
+    rollout_precision: str = "fp32"
+    """The static engine's arithmetic: "fp32" (the trainer's; log-probs agree to ~1e-5) or "int8" (faster, a
+    slightly different policy: needs rl.tis_cap > 0 so the update corrects the gap with importance weights)."""
     rl: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        from sleuth.policy.engine import PRECISIONS
+
+        if self.rollout_engine not in ("static", "hf"):
+            raise ValueError(f"rollout_engine must be 'static' or 'hf', got {self.rollout_engine!r}")
+        if self.rollout_precision not in PRECISIONS:
+            raise ValueError(f"rollout_precision must be one of {PRECISIONS}, got {self.rollout_precision!r}")
 
 
 AGENT_KEYS = ("prompt", "max_steps", "max_new_tokens", "search_k")
@@ -98,6 +113,9 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
     cfg = _build(RunConfig, data, "top level")
     reward = rl.pop("reward", {})
     cfg.rl = load_config(None, **{**rl, **rl_over, "reward": reward})
+    if cfg.rollout_engine == "static" and cfg.rollout_precision != "fp32" and cfg.rl.tis_cap <= 0:
+        raise ValueError(f"rollout_precision = {cfg.rollout_precision!r} samples from a slightly different policy "
+                         "than the trainer's: set rl.tis_cap (e.g. 2.0) so the update corrects the gap")
     return cfg
 
 
@@ -252,7 +270,8 @@ def _start_or_resume(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str
         run = _RunState(ck.buffer, int(ck.cursor), ck.iteration, list(ck.metrics))
         log(f"resumed from {ck.path.name}: iteration {run.iteration}, version {trainer.version}, "
             f"buffer {len(run.buffer)}, cursor {run.cursor}")
-    policy = HFPolicy(trainer.model, base.tokenizer, name=f"{base.name}-rl", version=trainer.version)
+    policy = HFPolicy(trainer.model, base.tokenizer, name=f"{base.name}-rl", version=trainer.version,
+                      engine=cfg.rollout_engine, precision=cfg.rollout_precision)
     return trainer, policy, run
 
 

@@ -1,0 +1,96 @@
+"""One RL iteration of the shipped recipe's last stage, end to end, with the former and the current fast paths.
+
+Runs ``configs/recipe/read_open.toml`` (6 tasks × 4 trajectories per iteration, LoRA r16, hybrid search on the
+``passages`` index) for ``--iterations`` iterations each way, interleaved iteration by iteration so that load
+from other processes hits both alike, with the same seed and tasks:
+
+* ``former``: ``rollout_engine = "hf"`` (transformers' forward) and ``rl.share_prefix = false``
+* ``fast``:   ``rollout_engine = "static"`` and the shared-prefix update (the default)
+
+Differences from the recipe, for a benchmark: the starting policy is the shipped adapter (the recipe starts from
+its own stage 1), tasks are the dev questions only with ``reachable_k = 0`` (no task file to synthesise, no
+reachability pass), no time budget for rollouts (both sides run every trajectory to its end, so they do the
+same work) and one torch thread. Writes rollout / update / iteration seconds per iteration and side.
+
+    SLEUTH_THREADS=1 nice -n 5 .venv/bin/python benchmarks/rl_iteration.py [--iterations 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from sleuth.rl.train import load_run_config, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "rl_iteration.json"
+SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False},
+         "fast": {"rollout_engine": "static", "rl_share_prefix": True}}
+KEYS = ("rollout_seconds", "update_seconds", "iteration_seconds", "rollout_tokens", "seq_tokens", "shared_prefix",
+        "trajectories", "trained_trajectories", "accuracy", "logprob_mismatch", "logprob_mismatch_max")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "recipe" / "read_open.toml"))
+    ap.add_argument("--model", default=str(ROOT / "sleuth" / "policies" / "sleuth-135m-rl"))
+    ap.add_argument("--iterations", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS))
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    work = Path(tempfile.mkdtemp(prefix="rl-iteration-"))
+    per: dict[str, list[dict]] = {s: [] for s in SIDES}
+    for it in range(1, a.iterations + 1):
+        order = list(SIDES) if it % 2 else list(reversed(SIDES))
+        for side in order:
+            cfg = load_run_config(a.config, model=a.model, tasks="dev", reachable_k=0, threads=1,
+                                  **{"rl_seed": a.seed, **SIDES[side]})
+            cfg.rollout_seconds = None
+            t = time.perf_counter()
+            hist = train(cfg, work / side, resume=it > 1, iterations=it, log=lambda s: print(f"  [{side}] {s}"))
+            m = hist[-1]
+            row = {k: m.get(k) for k in KEYS}
+            row.update(iteration=it, wall_seconds_with_loading=round(time.perf_counter() - t, 1),
+                       load_average_1min=round(os.getloadavg()[0], 2))
+            per[side].append(row)
+            print(f"iteration {it} {side:6s}: rollout {m['rollout_seconds']:.1f}s update {m['update_seconds']:.1f}s "
+                  f"iteration {m['iteration_seconds']:.1f}s (load {os.getloadavg()[0]:.1f})", flush=True)
+
+    def med(side: str, key: str) -> float:
+        return statistics.median(r[key] for r in per[side])
+
+    summary = {s: {k: round(med(s, k), 2) for k in ("rollout_seconds", "update_seconds", "iteration_seconds")}
+               for s in SIDES}
+    result = {
+        "what": "RL iterations of configs/recipe/read_open.toml, former vs fast paths, interleaved, same seed",
+        "config": a.config, "model": a.model, "iterations_each": a.iterations, "seed": a.seed, "threads": 1,
+        "changes_from_recipe": "tasks=dev, reachable_k=0, rollout_seconds=None, threads=1, shipped adapter as start",
+        "per_iteration": per, "median": summary,
+        "speedup": {k: round(summary["former"][k] / summary["fast"][k], 2)
+                    for k in ("rollout_seconds", "update_seconds", "iteration_seconds")},
+        "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("median", "speedup")}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

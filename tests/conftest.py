@@ -100,3 +100,13 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+def run_async(fn, *args):
+    """Run an async function to completion on a fresh event loop in its own thread: the Playwright sync API
+    (the ``browser`` fixture) keeps an event loop running in the main thread, where anyio.run/asyncio.run fail."""
+    import anyio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(anyio.run, fn, *args).result()

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import run_async
 
 pytest.importorskip("openrlhf.utils.agent")
 
@@ -84,7 +85,7 @@ def test_sleuth_agent_executor_in_openrlhf(env, one_thread, monkeypatch):
                      "SLEUTH_PROMPT": "short-2shot"}.items():
             monkeypatch.setenv(k, v)
         executor = _load_agent_executor(AGENT_FILE)
-        resp = asyncio.run(executor.execute("Where was Jane Austen born?", json.dumps(["Steventon"]),
+        resp = run_async(lambda: executor.execute("Where was Jane Austen born?", json.dumps(["Steventon"]),
                                             VLLMSamplingParams(), 2048, policy.tokenizer, engine))
     finally:
         srv.close()

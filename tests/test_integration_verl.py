@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from conftest import run_async
 
 agent_loop_mod = pytest.importorskip("verl.experimental.agent_loop.agent_loop")
 
@@ -76,7 +77,7 @@ def test_sleuth_agent_loop_in_verl(env, one_thread):
                                        dataset_cls=None, data_config=DictConfigWrap(cfg.data), tools=ToolListWrap([]))
         assert isinstance(loop, adapter.SleuthAgentLoop)
         sampling = {"temperature": 1.0, "top_p": 1.0, "top_k": -1, "repetition_penalty": 1.0, "logprobs": True}
-        out = asyncio.run(loop.run(sampling, raw_prompt=[{"role": "user", "content": "Where was Jane Austen born?"}],
+        out = run_async(lambda: loop.run(sampling, raw_prompt=[{"role": "user", "content": "Where was Jane Austen born?"}],
                                    reward_model={"ground_truth": ["Steventon"]}, index=0))
     finally:
         srv.close()

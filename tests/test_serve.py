@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PASSAGES
+from conftest import PASSAGES, run_async
 
 from sleuth.search.corpus import Passage
 from sleuth.serve.runs import Cancelled, Kind, check_fields
@@ -312,7 +312,6 @@ def test_malformed_and_oversized_requests_get_clear_4xx_and_lose_nothing(client)
 
 
 def test_token_host_and_rate_limits(tmp_path, env):
-    import anyio
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
@@ -337,7 +336,7 @@ def test_token_host_and_rate_limits(tmp_path, env):
                 async with httpx2.AsyncClient(headers=auth) as http, \
                         Client(streamable_http_client(srv.url + "/mcp", http_client=http)) as mc:
                     return sorted(t.name for t in (await mc.list_tools()).tools)
-            assert anyio.run(mcp_with_token) == ["browse", "code", "search"]
+            assert run_async(mcp_with_token) == ["browse", "code", "search"]
             codes = [c.get("/api/health", headers=auth).status_code for _ in range(12)]
             assert codes[:5] == [200] * 5 and codes[-1] == 429, codes
             r = c.get("/api/health", headers=auth)
@@ -503,7 +502,6 @@ def test_openai_endpoint_with_the_sdk_and_openai_policy(live, env):
 
 # ------------------------------------------------------------------------------------------ MCP
 def _mcp_checks(client_factory):
-    import anyio
 
     async def main():
         async with client_factory() as c:
@@ -520,7 +518,7 @@ def _mcp_checks(client_factory):
             assert refused.is_error and "safety interceptor" in refused.content[0].text
             web = await c.call_tool("browse", {"url": "file:///etc/passwd"})
             assert web.is_error and "root:" not in web.content[0].text
-    anyio.run(main)
+    run_async(main)
 
 
 def test_mcp_server_over_streamable_http(live):

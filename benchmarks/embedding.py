@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from retrieval import batches, pct, quality, timed_batches  # noqa: E402
+from retrieval import batches, pct, perturbed_copies, quality, timed_batches  # noqa: E402
 
 from sleuth import paths  # noqa: E402
 from sleuth.search.dense import DenseConfig, DenseEngine, build_faiss, passage_text  # noqa: E402
@@ -227,14 +227,7 @@ def section_scale(ix, dev: list[dict], int8_emb, vectors: np.ndarray, scale: int
     mdocs = ModDocs(ix.docs, n_real)
     lex = lexical_mod.LexicalEngine(ix.name, mdocs, fields["body"], fields["title"], cfg)
 
-    d = vectors.shape[1]
-    sigma = np.float32(np.sqrt((1 / 0.9 ** 2 - 1) / d))
-    big = np.empty((n, d), dtype=np.float32)
-    big[:n_real] = vectors
-    for c in range(1, copies):
-        block = vectors + sigma * rng.standard_normal(vectors.shape, dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        big[c * n_real:(c + 1) * n_real] = block
+    big = perturbed_copies(vectors, copies, rng)
     t = time.perf_counter()
     ivf = build_faiss(big, DenseConfig())
     ivf_build = time.perf_counter() - t

@@ -67,6 +67,20 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)) * 1000, 2)  # ms
 
 
+def perturbed_copies(vectors, copies: int, rng):
+    """The real vectors, then ``copies - 1`` noisy copies of them (noise sized for cosine ~0.9 to the original,
+    re-normalised): a large index with the real vectors' geometry, for latency at scale."""
+    n_real, d = vectors.shape
+    sigma = np.float32(np.sqrt((1 / 0.9 ** 2 - 1) / d))
+    big = np.empty((n_real * copies, d), dtype=np.float32)
+    big[:n_real] = vectors
+    for c in range(1, copies):
+        block = vectors + sigma * rng.standard_normal(vectors.shape, dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        big[c * n_real:(c + 1) * n_real] = block
+    return big
+
+
 def batches(xs: list, n: int) -> list[list]:
     return [xs[i:i + n] for i in range(0, len(xs), n)]
 
@@ -284,14 +298,7 @@ def section_scale(args: Args, ix, dev: list[dict], report: dict) -> None:
 
     # Dense: perturbed copies of the real embeddings (noise sized for cosine ~0.9 to the original).
     emb = np.load(ix.path / "dense" / "embeddings.npy")
-    d = emb.shape[1]
-    sigma = np.float32(np.sqrt((1 / 0.9 ** 2 - 1) / d))
-    big = np.empty((n, d), dtype=np.float32)
-    big[:n_real] = emb
-    for c in range(1, copies):
-        block = emb + sigma * rng.standard_normal(emb.shape, dtype=np.float32)
-        block /= np.linalg.norm(block, axis=1, keepdims=True)
-        big[c * n_real:(c + 1) * n_real] = block
+    big = perturbed_copies(emb, copies, rng)
     dense = ix.engine("dense")
     qemb = np.concatenate([dense.encode(b) for b in batches(lat_queries, 64)])
     t = time.perf_counter()

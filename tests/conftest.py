@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 
@@ -63,26 +64,32 @@ PASSAGES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """A real lexical (bm25s) index over three passages, built under a temporary SLEUTH_HOME."""
-    from sleuth.agent import Environment
+@contextlib.contextmanager
+def lexical_index(home, passages=PASSAGES, name: str = "t"):
+    """A real lexical (bm25s) index over ``passages`` built under ``home`` as SLEUTH_HOME (restored after)."""
     from sleuth.search.index import build_index, open_index
 
-    home = tmp_path_factory.mktemp("home")
-    src = home / "t.jsonl"
-    src.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in PASSAGES))
+    src = home / f"{name}.jsonl"
+    src.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in passages))
     old = os.environ.get("SLEUTH_HOME")
     os.environ["SLEUTH_HOME"] = str(home)
     try:
-        build_index(src, "t", dense=False, progress=False)
-        index = open_index("t")
-        yield Environment(index.engine("lexical"), {"t": index.docs}, tools=("search", "browse"))
+        build_index(src, name, dense=False, progress=False)
+        yield open_index(name)
     finally:
         if old is None:
             os.environ.pop("SLEUTH_HOME")
         else:
             os.environ["SLEUTH_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A real lexical (bm25s) index over three passages, built under a temporary SLEUTH_HOME."""
+    from sleuth.agent import Environment
+
+    with lexical_index(tmp_path_factory.mktemp("home")) as index:
+        yield Environment(index.engine("lexical"), {"t": index.docs}, tools=("search", "browse"))
 
 
 CHROMIUM = os.environ.get("SLEUTH_CHROMIUM", "/usr/bin/chromium")

@@ -5,7 +5,6 @@ hangs) injected by a proxy in front of the real service."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -14,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from conftest import PASSAGES
+from conftest import lexical_index
 
 
 def _free_port() -> int:
@@ -47,21 +46,8 @@ class _Uvicorn:
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
-    from sleuth.search.index import build_index, open_index
-
-    home = tmp_path_factory.mktemp("svc")
-    src = home / "t.jsonl"
-    src.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in PASSAGES))
-    old = os.environ.get("SLEUTH_HOME")
-    os.environ["SLEUTH_HOME"] = str(home)
-    try:
-        build_index(src, "t", dense=False, progress=False)
-        yield open_index("t")
-    finally:
-        if old is None:
-            os.environ.pop("SLEUTH_HOME")
-        else:
-            os.environ["SLEUTH_HOME"] = old
+    with lexical_index(tmp_path_factory.mktemp("svc")) as ix:
+        yield ix
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +211,6 @@ def test_client_retries_429_5xx_and_timeouts_then_reports(service):
 
 def test_unreachable_service_is_a_clear_error():
     from sleuth.agent import Environment
-    from sleuth.search.web import RetryPolicy  # noqa: F401 - the retry policy the client shares
 
     with pytest.raises(ValueError, match="cannot reach the search service.*connection failed"):
         Environment.from_service(f"http://127.0.0.1:{_free_port()}")

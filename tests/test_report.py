@@ -407,6 +407,51 @@ def test_embedded_model_writes_a_verified_report_end_to_end(env, browser, tmp_pa
     Path("runs/test-shots/report-e2e.png").write_bytes((tmp_path / "e2e.png").read_bytes())
 
 
+@pytest.mark.slow
+def test_report_through_an_openai_server_with_the_shipped_policy_behind_it(tmp_path, one_thread):
+    """The same command against a real model over HTTP: `sleuth serve-openai`'s app serving the shipped policy on
+    loopback, `sleuth report --base-url` driving it with native tool calls."""
+    import socket
+
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from sleuth.cli import app
+    from sleuth.policy.loader import load_policy
+    from sleuth.search.corpus import Passage
+    from sleuth.search.index import build_index
+    from sleuth.serve.openai_api import create_app
+
+    src = tmp_path / "towers.jsonl"
+    src.write_text("".join(json.dumps(Passage(i, t, x, "test").to_dict()) + "\n" for i, t, x in TOWERS))
+    build_index(src, "towers", dense=False, progress=False)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(load_policy(None), name="sleuth-135m-rl"), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    t0 = time.time()
+    while not server.started and time.time() - t0 < 60:
+        time.sleep(0.05)
+    out = tmp_path / "run"
+    try:
+        res = CliRunner().invoke(app, ["report", "Compare the Eiffel Tower and Tokyo Tower", "--index", "towers",
+                                       "--engine", "lexical", "--base-url",
+                                       f"http://127.0.0.1:{sock.getsockname()[1]}/v1", "--model", "sleuth-135m-rl",
+                                       "--words", "60", "--sections", "1", "--questions", "1", "--max-steps", "2",
+                                       "--max-new-tokens", "40", "--no-clarify", "--no-pdf", "--out", str(out),
+                                       "--json"])
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
+    assert res.exit_code == 0, res.output
+    report = Report.load(out)
+    assert len(report.sections) == 1 and all(s["status"] in ("written", "extractive") for s in report.sections)
+    audit(report, out)
+    assert report.stats["tokens"]["total_tokens"] > 0 and "corpus://towers/" in report.markdown
+
+
 def test_too_few_sections_are_topped_up_and_the_outline_marked_repaired(chat_server):
     from sleuth.report.plan import make_plan
 

@@ -360,8 +360,8 @@ def test_pipeline_offline_records_skipped_stages(tmp_path):
     tasks, funnel = synthesize(film_corpus(), quiet(n=30, seed=0), eval_questions=no_eval())
     assert tasks and funnel.candidates >= len(tasks)
     st = {s.name: s for s in funnel.stages}
-    assert [s.name for s in funnel.stages] == ["span", "unique", "leak", "dedup", "closed_book", "pass_at_n"]
-    assert st["closed_book"].status == st["pass_at_n"].status == "skipped"
+    assert [s.name for s in funnel.stages] == ["span", "unique", "leak", "dedup", "hops", "closed_book", "pass_at_n"]
+    assert st["hops"].status == st["closed_book"].status == st["pass_at_n"].status == "skipped"
     for t in tasks:
         assert t.metadata["seed"] == 0 and t.metadata["funnel"]["closed_book"] == "skipped"
         assert t.metadata["supporting_ids"] and t.metadata["generator"].startswith("sleuth.synth")
@@ -370,7 +370,7 @@ def test_pipeline_offline_records_skipped_stages(tmp_path):
     assert [r["id"] for r in rows] == [t.id for t in tasks]
     s = json.loads(summary.read_text())
     assert summary.name == "tasks.funnel.json"
-    assert s["skipped_stages"] == ["closed_book", "pass_at_n"] and s["difficulty_filtered"] is False
+    assert s["skipped_stages"] == ["hops", "closed_book", "pass_at_n"] and s["difficulty_filtered"] is False
     assert s["kept"] == len(tasks) and sum(s["kept_by_dataset"].values()) == len(tasks)
 
 

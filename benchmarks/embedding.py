@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from retrieval import batches, pct, perturbed_copies, quality, timed_batches  # noqa: E402
+from retrieval import batches, pct, perturbed_bm25, perturbed_copies, quality, timed_batches  # noqa: E402
 
 from sleuth import paths  # noqa: E402
 from sleuth.search.dense import DenseConfig, DenseEngine, build_faiss, passage_text  # noqa: E402
@@ -195,7 +195,6 @@ def section_scale(ix, dev: list[dict], int8_emb, vectors: np.ndarray, scale: int
     unbalanced as real ones). Queries are real dev questions encoded by the int8 embedder; results carry
     real snippets (copy c of passage i shows passage i's text).
     """
-    import bm25s
 
     from sleuth.search import lexical as lexical_mod
 
@@ -210,19 +209,9 @@ def section_scale(ix, dev: list[dict], int8_emb, vectors: np.ndarray, scale: int
     body = [np.array([vocab.setdefault(s, len(vocab)) for s in an.stems(a) + an.stems(b)], dtype=np.int32)
             for a, b in zip(titles, texts)]
     title = [np.array([vocab.setdefault(s, len(vocab)) for s in an.stems(a)], dtype=np.int32) for a in titles]
-    base = len(vocab)
-    vocab_all = {**vocab, **{f"copy{c}": base + c for c in range(copies)}}
     cfg = lexical_mod.LexicalConfig()
-    fields = {}
     t = time.perf_counter()
-    for name, ids_list in (("body", body), ("title", title)):
-        docs = [ids.tolist() if c == 0 else ids[rng.random(len(ids)) > 0.1].tolist() + [base + c]
-                for c in range(copies) for ids in ids_list]
-        bm = bm25s.BM25(k1=cfg.k1, b=cfg.b, method=cfg.method)
-        bm.index((docs, dict(vocab_all)), create_empty_token=False, show_progress=False)
-        del docs
-        gc.collect()
-        fields[name] = bm
+    fields = perturbed_bm25({"body": body, "title": title}, vocab, copies, rng, cfg)
     lex_build = time.perf_counter() - t
     mdocs = ModDocs(ix.docs, n_real)
     lex = lexical_mod.LexicalEngine(ix.name, mdocs, fields["body"], fields["title"], cfg)

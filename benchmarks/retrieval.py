@@ -67,6 +67,26 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(xs, q)) * 1000, 2)  # ms
 
 
+def perturbed_bm25(fields: dict, vocab: dict[str, int], copies: int, rng, cfg) -> dict:
+    """One bm25s index per field over ``copies`` copies of its passages (token-id arrays): copy 0 as is, copy c
+    dropping ~10% of its tokens at random and gaining a copy tag token — a large lexical index with the real
+    corpus's term statistics, for latency at scale."""
+    import bm25s
+
+    base = len(vocab)
+    vocab_all = {**vocab, **{f"copy{c}": base + c for c in range(copies)}}
+    out = {}
+    for name, ids_list in fields.items():
+        docs = [ids.tolist() if c == 0 else ids[rng.random(len(ids)) > 0.1].tolist() + [base + c]
+                for c in range(copies) for ids in ids_list]
+        bm = bm25s.BM25(k1=cfg.k1, b=cfg.b, method=cfg.method)
+        bm.index((docs, dict(vocab_all)), create_empty_token=False, show_progress=False)
+        del docs
+        gc.collect()
+        out[name] = bm
+    return out
+
+
 def perturbed_copies(vectors, copies: int, rng):
     """The real vectors, then ``copies - 1`` noisy copies of them (noise sized for cosine ~0.9 to the original,
     re-normalised): a large index with the real vectors' geometry, for latency at scale."""
@@ -231,7 +251,6 @@ def section_index(ix, report: dict) -> None:
 
 def section_scale(args: Args, ix, dev: list[dict], report: dict) -> None:
     """~1M passages from perturbed copies of the real ones: BM25 build + query, dense IVF build + query."""
-    import bm25s
     import faiss
 
     from sleuth.search import lexical as lexical_mod
@@ -255,33 +274,12 @@ def section_scale(args: Args, ix, dev: list[dict], report: dict) -> None:
     vocab: dict[str, int] = {}
     body_ids = [np.array([vocab.setdefault(s, len(vocab)) for s in d], dtype=np.int32) for d in body_stems]
     title_ids = [np.array([vocab.setdefault(s, len(vocab)) for s in d], dtype=np.int32) for d in title_stems]
-    base_vocab = len(vocab)
     del body_stems, title_stems
 
-    def perturbed(ids_list: list[np.ndarray]) -> list[list[int]]:
-        docs: list[list[int]] = []
-        for c in range(copies):
-            tag = base_vocab + c
-            for ids in ids_list:
-                if c == 0:
-                    docs.append(ids.tolist())
-                else:
-                    keep = ids[rng.random(len(ids)) > 0.1]
-                    docs.append(keep.tolist() + [tag])
-        return docs
-
-    vocab_all = {**vocab, **{f"copy{c}": base_vocab + c for c in range(copies)}}
     lat_queries = [d["question"] for d in dev]
     cfg = lexical_mod.LexicalConfig()
     t = time.perf_counter()
-    fields = {}
-    for name, ids in (("body", body_ids), ("title", title_ids)):
-        docs = perturbed(ids)
-        bm = bm25s.BM25(k1=cfg.k1, b=cfg.b, method=cfg.method)
-        bm.index((docs, dict(vocab_all)), create_empty_token=False, show_progress=False)
-        del docs
-        gc.collect()
-        fields[name] = bm
+    fields = perturbed_bm25({"body": body_ids, "title": title_ids}, vocab, copies, rng, cfg)
     lex_build = time.perf_counter() - t
     eng = lexical_mod.LexicalEngine("scale", ix.docs, fields["body"], fields["title"], cfg)
     lat = timed_batches(lambda b: eng.rank(b, args.k), lat_queries, args.batch)

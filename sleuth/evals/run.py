@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -280,12 +279,13 @@ def _results(cfg: EvalConfig, records: list[dict], judge, policy_name: str) -> d
 def bridge_searched(queries: list[str], task: Task) -> bool | None:
     """Whether one of the queries names an entity the question hides (a synthesised bridge's search path after
     its first query); None for tasks that have no known search path."""
+    from sleuth.search.corpus import surface_of
     from sleuth.tasks.judges import mentions
 
     path = task.metadata.get("search_path") or []
     if len(path) < 2:
         return None
-    hidden = [h for title in path[1:] for h in {title, re.sub(r"\s*\([^()]*\)\s*$", "", title)}]
+    hidden = [h for title in path[1:] for h in {title, surface_of(title)}]
     return any(mentions(q, hidden) for q in queries)
 
 

@@ -187,3 +187,8 @@ def load_source(source: str | Path | None, skipped: list[str] | None = None) -> 
     if not p.exists():
         raise FileNotFoundError(f"corpus source not found: {p}")
     raise ValueError(f"unsupported corpus source {p}: give a folder, a .jsonl or a .jsonl.gz file")
+
+
+def surface_of(title: str) -> str:
+    """A title as prose mentions it: "Mercury (planet)" -> "Mercury"."""
+    return re.sub(r"\s*\([^()]*\)\s*$", "", title).strip()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Callable, Iterable, Iterator
 
-from sleuth.search.corpus import Passage
+from sleuth.search.corpus import Passage, surface_of
 from sleuth.tasks.normalize import normalize_answer
 from sleuth.tasks.task import Task
 
@@ -68,11 +68,6 @@ def sentences(text: str, limit: int | None = None) -> list[tuple[int, int]]:
     if start < len(text):
         spans.append((start, len(text)))
     return spans
-
-
-def surface_of(title: str) -> str:
-    """A title as prose mentions it: "Mercury (planet)" -> "Mercury"."""
-    return re.sub(r"\s*\([^()]*\)\s*$", "", title).strip()
 
 
 def a_an(phrase: str) -> str:

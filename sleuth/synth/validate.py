@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from sleuth.synth.generate import surface_of
+from sleuth.search.corpus import surface_of
 from sleuth.tasks.judges import cover_match, mentions
 from sleuth.tasks.normalize import normalize_answer
 from sleuth.tasks.task import Task

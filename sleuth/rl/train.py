@@ -171,15 +171,11 @@ def in_validation(task_id: str, share: float, seed: int) -> bool:
 def keep_reachable(tasks, engine, k: int, batch: int = 64):
     """The tasks whose gold answer (normalised) occurs in the title or snippet of one of the top-k results
     of searching the task's question verbatim — a cheap check that the environment can show the answer."""
+    from sleuth.search.base import shown_by_search
     from sleuth.tasks.judges import mentions
 
-    kept = []
-    for i in range(0, len(tasks), batch):
-        chunk = tasks[i:i + batch]
-        for t, resp in zip(chunk, engine.search_batch([t.question for t in chunk], k=k)):
-            if mentions(" ".join(f"{r.title} {r.snippet}" for r in resp.results[:k]), t.answers):
-                kept.append(t)
-    return kept
+    shown = shown_by_search(engine, sorted({t.question for t in tasks}), k, batch)
+    return [t for t in tasks if mentions(shown[t.question], t.answers)]
 
 
 def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iterations: int | None = None,

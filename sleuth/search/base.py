@@ -53,3 +53,14 @@ class SearchEngine:
             return [one(q) for q in queries]
         with ThreadPoolExecutor(max_workers=min(8, len(queries))) as pool:
             return list(pool.map(one, queries))
+
+
+def shown_by_search(engine: SearchEngine, queries: list[str], k: int, batch: int = 64) -> dict[str, str]:
+    """What searching each query shows in its top ``k`` results (titles and snippets, joined), searched in
+    batches of ``batch`` — for checks that the environment can show something (an answer, the next entity)."""
+    shown: dict[str, str] = {}
+    for i in range(0, len(queries), batch):
+        chunk = queries[i:i + batch]
+        for q, resp in zip(chunk, engine.search_batch(chunk, k=k)):
+            shown[q] = " ".join(f"{r.title} {r.snippet}" for r in resp.results[:k])
+    return shown

@@ -20,6 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from sleuth.search.base import shown_by_search
 from sleuth.search.corpus import surface_of
 from sleuth.tasks.judges import cover_match, mentions
 from sleuth.tasks.normalize import normalize_answer
@@ -373,11 +374,7 @@ def check_hops(tasks: list[Task], engine: Any, k: int, batch: int = 64) -> tuple
     bridges = [t for t in tasks if t.metadata.get("type") == "bridge" and len(t.metadata.get("supporting_titles", [])) >= 2]
     bridge_ids = {id(t) for t in bridges}
     queries = sorted({q for t in bridges for q in [t.question, *t.metadata["supporting_titles"]]})
-    shown: dict[str, str] = {}
-    for i in range(0, len(queries), batch):
-        chunk = queries[i:i + batch]
-        for q, resp in zip(chunk, engine.search_batch(chunk, k=k)):
-            shown[q] = " ".join(f"{r.title} {r.snippet}" for r in resp.results[:k])
+    shown = shown_by_search(engine, queries, k, batch)
 
     def verdict(t: Task) -> str | None:
         if id(t) not in bridge_ids:
@@ -387,7 +384,7 @@ def check_hops(tasks: list[Task], engine: Any, k: int, batch: int = 64) -> tuple
             return "searching the question shows the answer"
         first = t.question if mentions(shown[t.question], [surface_of(titles[1])]) else titles[0]
         path = [first]
-        for cur, nxt in zip(titles[:-1], titles[1:]):
+        for nxt in titles[1:]:
             if not mentions(shown[path[-1]], [surface_of(nxt), nxt]):
                 return "a search does not show the next entity"
             path.append(nxt)

@@ -221,3 +221,24 @@ def test_recipe_chains_lora_stages_selects_on_validation_and_resumes(setup, tmp_
     logs.clear()
     run_recipe(recipe, log=logs.append)                      # again: every step is already done
     assert sum("done" in m for m in logs) == 3 and not any("selected" in m for m in logs)
+
+
+def test_warm_start_runs_before_the_first_iteration_and_never_again(setup):
+    from sleuth.rl.checkpoint import load_latest
+    from sleuth.rl.train import train
+    from sleuth.rl.warmstart import WarmStartConfig
+
+    root, model_dir, tasks = setup
+    out = root / "warm"
+    cfg = _cfg(model_dir, tasks)
+    cfg.warm_start = WarmStartConfig(tasks=[str(tasks)], max_demos=3, epochs=2, batch_size=2)
+    logs: list[str] = []
+    train(cfg, out, iterations=1, log=logs.append)
+    report = json.loads((out / "warm_start.json").read_text())
+    assert report["demos"] == 3 and report["demos_multi_search"] == 0        # lookups: one search each
+    assert len(report["steps"]) == 4 and report["version"] == 4              # 2 epochs × 2 batches
+    assert (out / "ckpt-00000000").is_dir() and load_latest(out).version >= 4  # warm start, then RL
+    stamp = (out / "warm_start.json").stat().st_mtime_ns
+    train(cfg, out, iterations=2, resume=True, log=logs.append)
+    assert (out / "warm_start.json").stat().st_mtime_ns == stamp
+    assert sum("warm start epoch" in line for line in logs) == 4

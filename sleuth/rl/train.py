@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sleuth.rl.config import TrainConfig, _build, load_config
+from sleuth.rl.warmstart import WarmStartConfig
 
 
 @dataclass
@@ -87,6 +88,9 @@ class RunConfig:
     """The static engine's arithmetic: "fp32" (the trainer's; log-probs agree to ~1e-5) or "int8" (faster, a
     slightly different policy: needs rl.tis_cap > 0 so the update corrects the gap with importance weights)."""
     rl: TrainConfig = field(default_factory=TrainConfig)
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
+    """Behaviour cloning on demonstrations replayed in the real environment before the first iteration
+    (``sleuth.rl.warmstart``); off unless ``[warm_start] tasks`` is set."""
 
     def __post_init__(self) -> None:
         from sleuth.policy.engine import PRECISIONS
@@ -108,9 +112,13 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
             raise FileNotFoundError(f"config file not found: {p}")
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     rl = data.pop("rl", {})
+    warm = data.pop("warm_start", {})
+    if not isinstance(warm, dict):
+        raise ValueError("[warm_start] must be a table")
     rl_over = {k[3:]: overrides.pop(k) for k in list(overrides) if k.startswith("rl_")}
     data.update({k: v for k, v in overrides.items() if v is not None})
     cfg = _build(RunConfig, data, "top level")
+    cfg.warm_start = _build(WarmStartConfig, warm, "warm_start")
     reward = rl.pop("reward", {})
     cfg.rl = load_config(None, **{**rl, **rl_over, "reward": reward})
     if cfg.rollout_engine == "static" and cfg.rollout_precision != "fp32" and cfg.rl.tis_cap <= 0:
@@ -193,6 +201,10 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     rl = cfg.rl
     total = iterations if iterations is not None else rl.iterations
     record = _Recorder(out)
+    if cfg.warm_start.tasks and run.iteration == 0 and not any(out.glob("ckpt-*")):
+        warm_start(cfg, trainer, judge, out, log)
+        save(out, trainer, iteration=0, buffer=run.buffer, cursor=run.cursor, metrics=run.history,
+             keep=rl.keep_checkpoints)
     for it in range(run.iteration, total):
         t0 = time.time()
         policy.version = trainer.version
@@ -222,6 +234,28 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
 
 
 # ------------------------------------------------------------------------------------- the loop's parts
+def warm_start(cfg: RunConfig, trainer, judge, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Demonstrations on the warm-start tasks (holdout and validation removed, as for RL), cloned into the
+    trainer's weights; statistics and per-step losses to ``warm_start.json``. Checkpointed by the caller as
+    iteration 0, so a resumed run never repeats it."""
+    from sleuth.rl.warmstart import clone, demonstrate
+
+    ws = cfg.warm_start
+    tasks, _ = split_tasks(dataclasses.replace(cfg, tasks=list(ws.tasks)))
+    env, acfg = agent_setup(cfg, 0.0)
+    demos, stats = demonstrate(tasks, trainer.tokenizer, env, acfg, judge, cfg.rl.reward, ws, log)
+    if not demos:
+        raise ValueError(f"warm start: no demonstration of {ws.tasks} ended correct in this environment "
+                         f"(index {cfg.index!r}, search_k {cfg.search_k}); check the task files' search paths")
+    history = clone(trainer, demos, ws, log)
+    report = {**stats, "steps": history, "version": trainer.version,
+              "examples": [{"question": t.question, "actions": [m["content"] for m in t.messages
+                                                               if m.get("role") == "assistant" and "step" in m]}
+                           for t in demos[:5]]}
+    (out / "warm_start.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
 @dataclass
 class _RunState:
     """What a checkpoint carries besides the weights: the loop continues from here."""

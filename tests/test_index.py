@@ -287,3 +287,56 @@ def test_top_k_selects_among_matching_passages_with_ties_by_row():
     assert top_k(scores, 3) == [(2, 5.0), (1, 2.0), (3, 2.0)]
     assert top_k(scores, 10) == [(2, 5.0), (1, 2.0), (3, 2.0), (5, 1.0)]  # never a passage scoring 0
     assert top_k(np.zeros(4), 2) == [] and top_k(scores, 0) == []
+
+
+def test_prebuilt_pack_supplies_matching_passages_only(home, tmp_path, monkeypatch):
+    """A shipped pack gives the passages whose content it holds their vectors (within int8 rounding); the rest,
+    an edited passage included, are embedded; --no-prebuilt computes everything."""
+    from sleuth.search import prebuilt
+    from sleuth.search.corpus import Passage, content_hash
+
+    src = write_jsonl(tmp_path / "c.jsonl", PASSAGES)
+    build_index(src, name="exact", progress=False, use_prebuilt=False)
+    exact = np.load(paths.index_dir("exact") / "dense" / "embeddings.npy")
+    d = open_index("exact").meta["engines"]["dense"]
+    hashes = [content_hash(Passage(p["id"], p["title"], p["text"])) for p in PASSAGES]
+    pack_dir = tmp_path / "packs"
+    prebuilt.write_pack(hashes[:4], exact[:4], d["model"], d["embedder"], d["max_tokens"], pack_dir)
+    prebuilt.write_pack(hashes, exact * 0, d["model"], "another-backend", d["max_tokens"], pack_dir)
+    monkeypatch.setattr(prebuilt, "PACK_DIR", pack_dir)
+
+    changed = [dict(p) for p in PASSAGES]
+    changed[1]["text"] = "The Gobi is a large cold desert and grassland region in East Asia."
+    build_index(write_jsonl(tmp_path / "c2.jsonl", changed), name="packed", progress=False)
+    d = open_index("packed").meta["engines"]["dense"]
+    assert (d["prebuilt"], d["embedded"], d["reused"]) == (3, len(PASSAGES) - 3, 0)
+    got = np.load(paths.index_dir("packed") / "dense" / "embeddings.npy")
+    cos = (got * exact).sum(1)
+    assert cos[[0, 2, 3]].min() > 0.999 and not np.array_equal(got[0], exact[0])   # pack vectors, rounded
+    assert np.allclose(got[4:], exact[4:], atol=1e-6)                                  # embedded as before
+    assert cos[1] < 0.9                                                                # the edit was re-embedded
+    hits = open_index("packed").engine("dense").search_batch([q for q, _ in DENSE_QUERIES], 1)
+    assert [h.results[0].passage_id for h in hits] == [pid for _, pid in DENSE_QUERIES]
+
+    build_index(src, name="nopack", progress=False, use_prebuilt=False)
+    assert open_index("nopack").meta["engines"]["dense"]["prebuilt"] == 0
+
+
+def test_pack_roundtrip_and_damaged_pack_is_a_miss(tmp_path):
+    import hashlib
+
+    from sleuth.search import prebuilt
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(50, 384)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    hashes = [hashlib.sha1(str(i).encode()).hexdigest() for i in range(50)]
+    prebuilt.write_pack(hashes, emb, "m", "e", 128, tmp_path)
+    pack = prebuilt.load_pack("m", "e", 128, tmp_path)
+    found, vecs = prebuilt.lookup(pack, [hashes[7], "f" * 40, hashes[3]])
+    assert found == [0, 2] and ((vecs * emb[[7, 3]]).sum(1) > 0.999).all()
+    assert prebuilt.load_pack("m", "e", 256, tmp_path) is None
+    with pytest.raises(ValueError, match="share"):
+        prebuilt.write_pack([hashes[0], hashes[0]], emb[:2], "m", "e", 128, tmp_path / "dup")
+    (tmp_path / f"{prebuilt.pack_name('m', 'e', 128)}.npz").write_bytes(b"not a zip")
+    assert prebuilt.load_pack("m", "e", 128, tmp_path) is None

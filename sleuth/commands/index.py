@@ -29,6 +29,8 @@ def register(app: typer.Typer) -> None:
                                                  help="passages per embedding batch (default: the embedder's)"),
         embedder: str = typer.Option("auto", "--embedder",
                                      help="auto (onnx-int8 when ONNX Runtime works), onnx-int8 or torch"),
+        no_prebuilt: bool = typer.Option(False, "--no-prebuilt", help="compute every embedding, even those of "
+                                         "passages in sleuth's shipped pack (the embedded corpus)"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     ) -> None:
         """Build (or incrementally rebuild) a search index; unchanged passages keep their embeddings."""
@@ -46,7 +48,7 @@ def register(app: typer.Typer) -> None:
         try:
             path = build_index(None if embedded else source, name, dense=not no_dense,
                                batch_size=batch_size, progress=not quiet,
-                               dense_config=DenseConfig(embedder=embedder))
+                               dense_config=DenseConfig(embedder=embedder), use_prebuilt=not no_prebuilt)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
             typer.echo(f"Error: {e}", err=True)
             raise typer.Exit(1)
@@ -57,7 +59,9 @@ def register(app: typer.Typer) -> None:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in secs.items() if k != "total")
         dense = meta["engines"]["dense"]
         reuse = (f"; embeddings ({dense.get('embedder', 'torch')}): {dense['embedded']} computed, "
-                 f"{dense['reused']} reused" if dense else "")
+                 f"{dense['reused']} reused" + (f", {dense['prebuilt']} from sleuth's prebuilt pack (passages "
+                                                "whose text matches; `python -m sleuth.search.prebuilt`)"
+                                                if dense.get("prebuilt") else "") if dense else "")
         n_skipped = len(meta.get("skipped_files", []))
         skipped = f"; {n_skipped} file{'s' if n_skipped != 1 else ''} skipped (not text)" if n_skipped else ""
         typer.echo(f"index {meta['name']!r}: {meta['count']} passages in {secs['total']:.1f}s ({stages}){reuse}"

@@ -31,6 +31,7 @@ from sleuth.search.corpus import Passage, content_hash, load_source
 from sleuth.search.docstore import DocStore
 from sleuth.search import dense as dense_mod
 from sleuth.search import lexical as lexical_mod
+from sleuth.search import prebuilt
 from sleuth.search.base import SearchEngine
 
 META = "meta.json"
@@ -137,7 +138,7 @@ def _previous_embeddings(target: Path, model: str, max_tokens: int,
 
 
 def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, batch_size: int | None,
-                progress: bool,
+                progress: bool, use_prebuilt: bool,
                 lexical_config: lexical_mod.LexicalConfig, dense_config: dense_mod.DenseConfig) -> dict:
     t_all = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -175,6 +176,16 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
                     new_i, old_i = map(np.array, zip(*reuse))
                     emb[new_i] = old_emb[old_i]
                     todo = sorted(set(todo) - set(new_i.tolist()))
+            shipped = 0
+            pack = prebuilt.load_pack(dense_mod.MODEL_NAME, embedder.kind, dense_config.max_tokens) \
+                if todo and use_prebuilt else None
+            if pack is not None and pack[1].shape[1] == dim:
+                found, vecs = prebuilt.lookup(pack, [hashes[i] for i in todo])
+                if found:
+                    emb[[todo[j] for j in found]] = vecs
+                    shipped = len(found)
+                    hit = set(found)
+                    todo = [i for j, i in enumerate(todo) if j not in hit]
             seconds["embedder_load"] = time.perf_counter() - t
             t = time.perf_counter()
             bar = _Bar(prog, "embedding", len(todo))
@@ -195,7 +206,8 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
                           "max_tokens": dense_config.max_tokens,
                           "normalized": True, "faiss": dense_mod.index_kind(findex),
                           "nprobe": dense_config.nprobe if dense_mod.index_kind(findex) != "IndexFlatIP" else None,
-                          "embedded": len(todo), "reused": len(passages) - len(todo)}
+                          "embedded": len(todo), "reused": len(passages) - len(todo) - shipped,
+                          "prebuilt": shipped}
 
     seconds["total"] = time.perf_counter() - t_all
     meta = {
@@ -252,11 +264,12 @@ def _clean_stale(target: Path) -> None:
 def build_index(source: str | Path | None = None, name: str | None = None, *, dense: bool = True,
                 batch_size: int | None = None, progress: bool = True,
                 lexical_config: lexical_mod.LexicalConfig | None = None,
-                dense_config: dense_mod.DenseConfig | None = None) -> Path:
+                dense_config: dense_mod.DenseConfig | None = None, use_prebuilt: bool = True) -> Path:
     """Build (or rebuild) index NAME from source; returns paths.index_dir(NAME).
 
     On a rebuild, passages whose content hash is unchanged keep their old embeddings when the same
-    embedder made them (``dense_config.embedder``); ``batch_size`` None = the embedder's own.
+    embedder made them (``dense_config.embedder``); ``batch_size`` None = the embedder's own. With
+    ``use_prebuilt``, passages found in sleuth's shipped embedding pack (``search.prebuilt``) take its vectors.
     """
     name = check_name(name or default_name(source))
     target = paths.index_dir(name)
@@ -267,6 +280,7 @@ def build_index(source: str | Path | None = None, name: str | None = None, *, de
     work.mkdir()
     try:
         _build_into(work, target, name, source, dense=dense, batch_size=batch_size, progress=progress,
+                    use_prebuilt=use_prebuilt,
                     lexical_config=lexical_config or lexical_mod.LexicalConfig(), dense_config=dense_config)
         _swap(target, work)
     except BaseException:

@@ -242,3 +242,15 @@ def test_warm_start_runs_before_the_first_iteration_and_never_again(setup):
     train(cfg, out, iterations=2, resume=True, log=logs.append)
     assert (out / "warm_start.json").stat().st_mtime_ns == stamp
     assert sum("warm start epoch" in line for line in logs) == 4
+
+
+def test_resume_takes_the_learning_rate_from_the_config(setup):
+    from sleuth.rl.train import _start_or_resume, train
+
+    root, model_dir, tasks = setup
+    out = root / "lr"
+    train(_cfg(model_dir, tasks), out, iterations=1, log=lambda s: None)
+    cfg = _cfg(model_dir, tasks)
+    cfg.rl.lr = 1e-5
+    trainer, _, _ = _start_or_resume(cfg, out, True, lambda s: None)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-5]

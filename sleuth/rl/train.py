@@ -297,6 +297,8 @@ def _start_or_resume(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str
     run = _RunState(ReplayBuffer(max_age=rl.max_partial_age))
     if ck is not None:
         ck.restore(trainer)
+        for g in trainer.optimizer.param_groups:   # the config's learning rate wins over the saved one
+            g["lr"] = rl.lr
         run = _RunState(ck.buffer, int(ck.cursor), ck.iteration, list(ck.metrics))
         log(f"resumed from {ck.path.name}: iteration {run.iteration}, version {trainer.version}, "
             f"buffer {len(run.buffer)}, cursor {run.cursor}")

@@ -106,6 +106,17 @@ def summarise(records: list[dict], kinds: dict[str, str], k: int,
     return out
 
 
+def by_dataset(records: list[dict]) -> dict[str, dict]:
+    """EM and pass@1 per source dataset (nq, hotpotqa, 2wiki, musique): to sit beside other small search
+    agents' published EM on the same question types."""
+    by_ds: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_ds[str(r.get("dataset", "")).replace("dev-", "")].append(r)
+    return {ds: {"samples": len(rs), "em": round(sum(r["verdict"]["em"] for r in rs) / len(rs), 4),
+                 "pass@1": round(sum(r["verdict"]["correct"] for r in rs) / len(rs), 4)}
+            for ds, rs in sorted(by_ds.items())}
+
+
 def per_question_pass1(records: list[dict]) -> dict[str, float]:
     by_task: dict[str, list[bool]] = defaultdict(list)
     for r in records:
@@ -191,6 +202,7 @@ def main() -> None:
         rag_engine = (env.search_engine, next(iter(env.docstores.values())))
     judge = make_judge("cover")
     per_q: dict[str, dict[str, float]] = {}
+    datasets: dict[str, dict] = {}
     for name, path in modes.items():
         recs = [r for r in load(path) if r["task_id"] in ids]
         for r in recs:   # judged again with today's judge, so every row computed here is judged alike
@@ -198,10 +210,11 @@ def main() -> None:
             r["verdict"] = judge.judge(t.question, r.get("answer"), t.answers).to_dict()
         res[name] = summarise(recs, kinds, args.k, answer_shown(path, configs[name], by_id, rag_engine))
         per_q[name] = per_question_pass1(recs)
+        datasets[name] = by_dataset(recs)
     n_cmp = sum(is_candidate_question(q) for q in questions.values())
     out = {"tasks": what, "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,
-           "reference": str(args.reference) if args.reference else None}
+           "reference": str(args.reference) if args.reference else None, "by_dataset": datasets}
     best = max(untrained_names, key=lambda n: res[n]["all"]["pass@1"])
     after, rag, untrained = res[args.label]["all"], res["rag"]["all"], res[best]["all"]
     out["untrained_reference"] = best

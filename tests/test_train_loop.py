@@ -203,7 +203,7 @@ def test_recipe_chains_lora_stages_selects_on_validation_and_resumes(setup, tmp_
     s2 = _stage(tmp_path / "s2.toml", model_dir, tasks, tmp_path / "s2", model=tmp_path / "s1" / "export")
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'export = "{tmp_path / "shipped"}"\nselect_every = 1\n'
-                      f'[[stages]]\nconfig = "{s1}"\n[[stages]]\nconfig = "{s2}"\n')
+                      f'[[stages]]\nconfig = "{s1}"\nselect = true\n[[stages]]\nconfig = "{s2}"\n')
     train_ids, _, val = split_tasks(load_run_config(s2), with_validation=True)
     assert val and not {t.id for t in val} & {t.id for t in train_ids}
     assert {t.id for t in val} == {t.id for t in split_tasks(load_run_config(s1), with_validation=True)[2]}
@@ -213,6 +213,7 @@ def test_recipe_chains_lora_stages_selects_on_validation_and_resumes(setup, tmp_
     assert (shipped / "adapter_model.safetensors").is_file()
     scores = json.loads((tmp_path / "s2" / "selection.json").read_text())
     assert set(scores) == {"ckpt-00000001", "ckpt-00000002"} and any("selected" in m for m in logs)
+    assert (tmp_path / "s1" / "selection.json").is_file()     # select = true: stage 1 hands over its best
     meta = json.loads((shipped / "sleuth_version.json").read_text())
     assert meta["base"] == str(model_dir)                    # stage 2 continued stage 1's adapter, same base
     s1_meta = json.loads((tmp_path / "s1" / "export" / "sleuth_version.json").read_text())

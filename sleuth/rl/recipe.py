@@ -59,6 +59,9 @@ class TaskFile:
 class Stage:
     config: str
     """A run config (top-level RunConfig keys + [rl]); its rl.out_dir is the stage's run directory."""
+    select: bool = False
+    """Hand the next stage the checkpoint with the best validation pass@1 instead of the latest (the final
+    stage is always selected this way)."""
 
 
 @dataclass
@@ -109,7 +112,7 @@ def run_recipe(path: str | Path, log: Callable[[str], None] = print) -> Path:
             continue
         log(f"stage {i}/{len(recipe.stages)} {stage.config} -> {out}")
         train(cfg, out, resume=True, log=log)
-        if i < len(recipe.stages):
+        if i < len(recipe.stages) and not stage.select:
             export_policy(out, export)
         else:
             best = select_checkpoint(cfg, out, every=recipe.select_every, greedy=recipe.select_greedy, log=log)

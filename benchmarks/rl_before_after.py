@@ -89,7 +89,8 @@ def summarise(records: list[dict], kinds: dict[str, str], k: int,
                "pass@1": round(sum(pass_at_k(len(by_task[t]), sum(r["verdict"]["correct"] for r in by_task[t]), 1)
                                    for t in tids) / len(tids), 4),
                f"pass@{k}": round(sum(pass_at_k(len(by_task[t]), sum(r["verdict"]["correct"] for r in by_task[t]),
-                                                k) for t in tids) / len(tids), 4),
+                                                k) for t in tids) / len(tids), 4)
+               if all(len(by_task[t]) >= k for t in tids) else None,   # a greedy row has one sample
                "em": round(sum(r["verdict"]["em"] for r in recs) / n, 4),
                "f1": round(sum(r["verdict"]["f1"] for r in recs) / n, 4),
                "cover": round(sum(r["verdict"]["cover"] for r in recs) / n, 4),
@@ -189,10 +190,10 @@ def main() -> None:
             name = f"agent (untrained{', ' + label if label else ''})"
             modes[name] = Path(path)
             untrained_names.append(name)
-        for spec in args.also:
-            label, path = spec.split("=", 1)
-            modes[label] = Path(path)
         modes[args.label] = args.after
+    for spec in args.also:   # computed from their records here, so the paired intervals include them
+        label, path = spec.split("=", 1)
+        modes[label] = Path(path)
     by_id = {t.id: t for t in tasks}
     rag_engine = None
     configs = {name: run_config(path) for name, path in modes.items()}
@@ -234,7 +235,9 @@ def main() -> None:
           f"{'answered':>8s} {'steps':>5s} {'queries':>7s}")
     for name, splits in res.items():
         for split, r in splits.items():
-            print(f"{name:34s} {split:10s} {r['questions']:3d} {r['pass@1']:7.3f} {r[f'pass@{args.k}']:7.3f} "
+            pk = r.get(f"pass@{args.k}")
+            print(f"{name:34s} {split:10s} {r['questions']:3d} {r['pass@1']:7.3f} "
+                  f"{pk if pk is None else round(pk, 3)!s:>7s} "
                   f"{r['em']:6.3f} {r['f1']:6.3f} {r['cover']:6.3f} {r['answered']:8.3f} {r['steps']:5.2f} "
                   f"{r['search_queries']:7.2f}")
     for name, splits in res.items():

@@ -17,7 +17,7 @@ from sleuth.tasks.task import is_candidate_question  # noqa: E402  the one defin
 
 KEYS = ("mean_reward", "accuracy", "f1", "answered_rate", "search_rate", "format_errors_per_traj", "entropy",
         "mean_steps", "skipped_groups", "grad_norm", "rollout_seconds", "update_seconds", "iteration_seconds",
-        "resumed", "parked", "masked_old_tokens", "logprob_mismatch")
+        "resumed", "parked", "masked_old_tokens", "logprob_mismatch", "multi_search_rate", "recall_rate")
 
 
 def smooth(xs: list[float], w: int) -> list[float]:
@@ -75,6 +75,10 @@ def main() -> None:
     config = json.loads((args.run / "config.json").read_text()) if (args.run / "config.json").exists() else {}
     out = {"run": str(args.run), "iterations": n, "config": config, "summary": summary,
            "total_hours": round(sum(r.get("iteration_seconds", 0) for r in rows) / 3600, 2), "curves": curves}
+    for name in ("warm_start", "selection"):     # the warm start's demonstrations and loss; checkpoint selection
+        f = args.run / f"{name}.json"
+        if f.is_file():
+            out[name] = json.loads(f.read_text())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps(out, indent=2))
 

@@ -24,8 +24,8 @@ demo: $(STAMP)
 	$(BIN)/sleuth search "theory of relativity" "largest desert in Africa"
 	$(BIN)/sleuth ask "Who painted the Mona Lisa?"
 
-# Rebuild the shipped policy from the base model (index, task files, two RL stages, selection, export);
-# about 2 h on 2 cores; run it again after an interruption to resume.
+# Rebuild the shipped policy from the base model (index, task files, two reading RL stages, the research stage's
+# warm start and RL, selection, export); about 3 h on 2 cores; run it again after an interruption to resume.
 policy: $(STAMP)
 	$(BIN)/sleuth train --recipe configs/recipe.toml
 

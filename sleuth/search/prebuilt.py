@@ -98,14 +98,13 @@ def main(argv: list[str] | None = None) -> None:
     from sleuth.paths import index_dir
 
     from .docstore import DocStore
-    from .index import META
 
     ap = argparse.ArgumentParser(description="Write the shipped embedding pack from a built index's vectors.")
     ap.add_argument("index", help="index name (e.g. wiki, built with `sleuth index --embedded`)")
     ap.add_argument("--out", type=Path, default=None, help=f"folder (default {PACK_DIR})")
     args = ap.parse_args(argv)
     d = index_dir(args.index)
-    meta = json.loads((d / META).read_text())
+    meta = json.loads((d / "meta.json").read_text())   # index.META (index.py imports this module, not back)
     dense = meta["engines"]["dense"]
     if not dense:
         raise SystemExit(f"index {args.index!r} has no dense engine")

@@ -81,8 +81,8 @@ class ScriptedActor:
     """A TokenPolicy that, instead of sampling, writes each task's planned actions: ``<search>q</search>`` for
     each query of its plan, then ``<answer>gold</answer>`` with the gold alias the observations show.
 
-    It tells its trajectories apart by the question in the prompt (its first occurrence) and counts the observations after it to know
-    the step; its tokens are the tokenizer's encoding of the action text (what the policy is then trained to
+    It tells its trajectories apart by the question in the prompt (its first occurrence) and counts the
+    observations after it to know the step; its tokens are the tokenizer's encoding of the action text (what the policy is then trained to
     write). Log-probs are not known (0.0): demonstrations are never trained on as samples of the policy."""
 
     name = "scripted-demonstrations"
@@ -102,8 +102,7 @@ class ScriptedActor:
         done = after.count("<observation>")
         if done < len(queries):
             return f"<search>{queries[done]}</search>"
-        shown = after
-        answer = next((g for g in golds if mentions(shown, [g])), golds[0])
+        answer = next((g for g in golds if mentions(after, [g])), golds[0])
         return f"<answer>{answer}</answer>"
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:

@@ -201,8 +201,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     rl = cfg.rl
     total = iterations if iterations is not None else rl.iterations
     record = _Recorder(out)
-    if cfg.warm_start.tasks and run.iteration == 0 and not any(out.glob("ckpt-*")):
-        warm_start(cfg, trainer, judge, out, log)
+    if cfg.warm_start.tasks and not any(out.glob("ckpt-*")):
+        warm_start(cfg, trainer, judge, rollout.env, out, log)
         save(out, trainer, iteration=0, buffer=run.buffer, cursor=run.cursor, metrics=run.history,
              keep=rl.keep_checkpoints)
     for it in range(run.iteration, total):
@@ -234,15 +234,15 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
 
 
 # ------------------------------------------------------------------------------------- the loop's parts
-def warm_start(cfg: RunConfig, trainer, judge, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """Demonstrations on the warm-start tasks (holdout and validation removed, as for RL), cloned into the
-    trainer's weights; statistics and per-step losses to ``warm_start.json``. Checkpointed by the caller as
+def warm_start(cfg: RunConfig, trainer, judge, env, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """Demonstrations on the warm-start tasks (holdout and validation removed, as for RL), run with the
+    rollouts' tools ``env``, cloned into the trainer's weights; statistics and per-step losses to ``warm_start.json``. Checkpointed by the caller as
     iteration 0, so a resumed run never repeats it."""
     from sleuth.rl.warmstart import clone, demonstrate
 
     ws = cfg.warm_start
     tasks, _ = split_tasks(dataclasses.replace(cfg, tasks=list(ws.tasks)))
-    env, acfg = agent_setup(cfg, 0.0)
+    _, acfg = agent_setup(cfg, 0.0, env=env)
     demos, stats = demonstrate(tasks, trainer.tokenizer, env, acfg, judge, cfg.rl.reward, ws, log)
     if not demos:
         raise ValueError(f"warm start: no demonstration of {ws.tasks} ended correct in this environment "

@@ -169,16 +169,12 @@ def clone(trainer: Any, demos: list[Trajectory], cfg: WarmStartConfig, log: Call
           ) -> list[dict[str, float]]:
     """Behaviour cloning of ``demos`` on ``trainer.model``: −mean log π over the actor's tokens, ``epochs`` passes
     in batches of ``batch_size``; bumps ``trainer.version`` once per step. Returns per-step metrics."""
-    from dataclasses import replace
-
     import torch
 
     from .reinforce import (SharedPrefix, Selected, _backbone_and_head, build_rows, collate,
                             shared_prefix_length, token_logprobs)
 
     rl = trainer.cfg
-    # rows only: the loss below is plain −log π (advantages and rewards of the rows are not used)
-    bc_cfg = replace(rl, off_policy="mask", reward=replace(rl.reward, gamma_decay=False))
     model, params = trainer.model, trainer.params
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=rl.betas, eps=rl.adam_eps, weight_decay=rl.weight_decay)
     parts = _backbone_and_head(model)
@@ -194,9 +190,10 @@ def clone(trainer: Any, demos: list[Trajectory], cfg: WarmStartConfig, log: Call
             for t in order[s:s + cfg.batch_size]:      # tag the demonstration's tokens with the current version
                 for seg in t.segments:
                     seg.versions = [trainer.version] * len(seg.versions)
+            # the RL update's rows (every token is current, so none is masked as off-policy); their advantages
+            # are not used: the loss below is plain −log π
             sel = [Selected(t, 0.0, 1.0) for t in order[s:s + cfg.batch_size]]
-            rows, _ = build_rows(sel, bc_cfg, trainer.version)
-            rows = [r for r in rows if any(r.loss_mask)]
+            rows, _ = build_rows(sel, rl, trainer.version)
             n_total = sum(sum(r.loss_mask) for r in rows)
             if not n_total:
                 continue

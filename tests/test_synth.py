@@ -8,8 +8,8 @@ import random
 import pytest
 
 from sleuth.search.corpus import Passage
-from sleuth.synth.generate import (Fact, GenStats, GraphConfig, LinkGraph, ask, generate_bridges,
-                                   generate_comparisons, generate_lookups, profile)
+from sleuth.synth.generate import (Fact, GenStats, GraphConfig, LinkGraph, Mention, ask, generate_bridges,
+                                   generate_comparisons, generate_lookups, profile, relation_of)
 from sleuth.synth.pipeline import SynthConfig, parse_mix, synthesize, write_outputs
 from sleuth.synth.reasoning import generate_reasoning, run_program, run_programs
 from sleuth.synth.validate import (EvalIndex, SynthError, _tokens, check_closed_book, check_dedup, check_leak,
@@ -129,6 +129,31 @@ def test_bridge_questions_hide_the_path_and_cite_the_last_passage(graph):
         assert t.question.startswith(("When", "In what", "Who", "Where", "What"))
         assert graph.passages[t.metadata["supporting_ids"][0]].title in t.question
         assert t.dataset == "synth-bridge-2hop" and t.metadata["hops"] == 2
+
+
+def test_relation_phrasing_names_the_hidden_entity_by_its_role(graph):
+    text = "Harbor Lights is a 1931 film directed by Walter Brenton. It stars Marion Kell and Oscar Delmar."
+    at = lambda title: Mention(title, text.index(title), text.index(title) + len(title))  # noqa: E731
+    assert relation_of(text, at("Walter Brenton")) == "director"
+    assert relation_of(text, at("Marion Kell")) is None            # "stars" names no single role
+    listed = "Dusk is a novel written by Ann Loy and Ben Marr."
+    assert relation_of(listed, Mention("Ann Loy", 26, 33)) is None  # one of several writers
+    assert relation_of("Dusk is a 1990 novel by Ann Loy.", Mention("Ann Loy", 24, 31)) == "author"
+
+    tasks = list(generate_bridges(graph, 10, 2, random.Random(0), GenStats(), phrasing="relation"))
+    assert tasks
+    for t in tasks:   # only the directed-by link reads as a role: every question asks about Walter Brenton
+        assert "the director of " in t.question and "Walter Brenton" not in t.question
+        assert t.metadata["supporting_titles"][1] == "Walter Brenton"
+        assert t.answers[0] in ("2 May 1890", "7 July 1955")
+        assert t.metadata["pattern"]["refs"][0]["hops"] == [{"type": None, "cloze": None, "relation": "director"}]
+        # the funnel's uniqueness check executes the role-based pattern over the graph
+        assert check_unique([t], graph)[1].n_out == 1
+    # the type-phrased generator (the default) never records a role
+    assert all("relation" not in h for t in generate_bridges(graph, 10, 2, random.Random(0), GenStats())
+               for h in t.metadata["pattern"]["refs"][0]["hops"])
+    with pytest.raises(ValueError, match="phrasing"):
+        SynthConfig(phrasing="natural").check()
 
 
 def test_three_hop_bridge():

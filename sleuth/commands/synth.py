@@ -57,6 +57,9 @@ def register(app: typer.Typer) -> None:
         dedup_threshold: float = typer.Option(0.6, "--dedup-threshold"),
         cloze: str = typer.Option("auto", "--cloze", help="Linking-sentence clue in hop descriptions: "
                                   "auto | always | never."),
+        phrasing: str = typer.Option("type", "--phrasing", help="How two-hop bridges name the hidden entity: "
+                                     "type ('the American film director mentioned in the article on X') or "
+                                     "relation ('the director of X', read from the linking sentence)."),
         limit: Optional[int] = typer.Option(None, "--limit", help="Keep at most this many tasks."),
         hops_k: int = typer.Option(0, "--hops-k", help="Keep only bridges that need every hop, each findable in "
                                    "the top K results of --index (searching the question must not show the "
@@ -75,7 +78,8 @@ def register(app: typer.Typer) -> None:
             cfg = SynthConfig(n=n, seed=seed, hops=_parse_hops(hops), **extra, closed_book=closed_book,
                               pass_n=pass_at, pass_min=pass_min, pass_max=pass_max,
                               eval_sets=tuple(eval_set or ("all",)), dedup_threshold=dedup_threshold, cloze=cloze,
-                              limit=limit, lookup_balance=balance_lookups, hops_k=hops_k)
+                              limit=limit, lookup_balance=balance_lookups, hops_k=hops_k,
+                              phrasing=phrasing)
             cfg.check()
         except ValueError as e:
             console.print(f"[red]{e}[/red]")

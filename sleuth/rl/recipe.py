@@ -48,6 +48,8 @@ class TaskFile:
     hops_k: int = 0
     """Keep only bridges that need every hop, each findable in the top hops_k results of `index`
     (`sleuth synth --hops-k`); 0 = off."""
+    phrasing: str = "type"
+    """How two-hop bridges name their hidden entity (`sleuth synth --phrasing`): type or relation."""
     index: str = "passages"
     """The index the hops check searches (the one the stages' agent searches)."""
     test_share: float = 0.0
@@ -159,7 +161,7 @@ def make_task_file(tf: TaskFile, log: Callable[[str], None] = print) -> Path:
     corpus = tf.corpus or str(shared_data() / "corpus" / "passages.jsonl.gz")
     extra = {"mix": parse_mix(tf.mix)} if tf.mix else {}
     cfg = SynthConfig(n=tf.n, seed=tf.seed, closed_book=False, lookup_balance=tf.balance_lookups,
-                      hops=tuple(tf.hops), hops_k=tf.hops_k, **extra)
+                      hops=tuple(tf.hops), hops_k=tf.hops_k, phrasing=tf.phrasing, **extra)
     cfg.check()
     engine = None
     if tf.hops_k:

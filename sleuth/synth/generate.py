@@ -525,15 +525,18 @@ class LinkGraph:
         return self.out.get(pid, [])
 
     def resolve(self, ref: dict[str, Any]) -> set[str]:
-        """Passages a reference ({"start": title, "hops": [{"type", "cloze"}...]}) can denote."""
+        """Passages a reference ({"start": title, "hops": [{"type", "cloze", "relation"}...]}) can denote: a hop
+        with a relation follows only links in that role; a hop whose type is None follows any type."""
         current = set(self.by_title.get(ref["start"], []))
         for hop in ref.get("hops", []):
             nxt: set[str] = set()
             for pid in current:
                 text = self.passages[pid].text
                 for men in self.linked(pid):
+                    if hop.get("relation") and relation_of(text, men) != hop["relation"]:
+                        continue
                     for cand in self.by_title.get(men.title, []):
-                        if self.profiles[cand].type_phrase != hop["type"]:
+                        if hop.get("type") is not None and self.profiles[cand].type_phrase != hop["type"]:
                             continue
                         cloze = hop.get("cloze")
                         if cloze and cloze.replace("___", text[men.start:men.end]) not in text:
@@ -632,6 +635,48 @@ def cloze(text: str, men: Mention, width: int = 5) -> str:
     return s.rstrip(".,;:").strip()
 
 
+# What the linking sentence says the hidden entity is to the start passage's subject: "a 1983 film directed by
+# ___" makes ___ "the director of" the film. Only "<verb> by ___" (and "<work> by ___") is read: it names one
+# role of one entity, which is how natural multi-hop questions refer to it ("Where was the author of Killing
+# Pablo born?"). Lists ("by A and B") are skipped: the role would not name one entity.
+ROLE_BY_VERB = {"directed": "director", "written": "writer", "produced": "producer", "composed": "composer",
+                "founded": "founder", "created": "creator", "developed": "developer", "published": "publisher",
+                "designed": "designer", "edited": "editor", "illustrated": "illustrator",
+                "narrated": "narrator", "hosted": "host", "painted": "painter", "sculpted": "sculptor",
+                "invented": "inventor", "discovered": "discoverer", "built": "builder", "owned": "owner",
+                "coached": "coach", "managed": "manager", "led": "leader", "sung": "singer",
+                "performed": "performer", "authored": "author", "co-written": "co-writer"}
+ROLE_BY_WORK = {"novel": "author", "book": "author", "poem": "author", "play": "author", "story": "author",
+                "memoir": "author", "album": "performer", "single": "performer", "song": "performer",
+                "EP": "performer", "painting": "painter", "film": "director", "opera": "composer",
+                "symphony": "composer", "sculpture": "sculptor"}
+_BY_BEFORE = re.compile(r"\b(?:(" + "|".join(map(re.escape, ROLE_BY_VERB)) + r")|("
+                        + "|".join(map(re.escape, ROLE_BY_WORK)) + r"))\s+by\s+(?:the\s+)?$")
+_LIST_AFTER = re.compile(r"^\s*(?:,|and\b|&)")
+
+
+def relation_of(text: str, men: "Mention") -> str | None:
+    """The role the mention at men plays for the passage's subject, read from '<verb> by ___' right before it
+    in its sentence ("director", "author"...), or None."""
+    sent = next(((s, e) for s, e in sentences(text) if s <= men.start < e), (0, len(text)))
+    before = text[max(sent[0], men.start - 60):men.start]
+    m = _BY_BEFORE.search(before)
+    if not m or _LIST_AFTER.match(text[men.end:men.end + 6]) or " and " in before[m.start():]:
+        return None
+    return ROLE_BY_VERB[m.group(1)] if m.group(1) else ROLE_BY_WORK[m.group(2)]
+
+
+# Natural phrasings of a two-hop bridge by role, several per fact so the question's form does not give away
+# that a second search is needed ({ref} = "the director of Lone Wolf McQuade").
+ASK_NATURAL = {
+    "birth_date": ["When was {ref} born?", "What is the date of birth of {ref}?", "On what date was {ref} born?"],
+    "birth_year": ["In what year was {ref} born?", "What year was {ref} born in?"],
+    "death_date": ["When did {ref} die?", "What is the date of death of {ref}?"],
+    "death_year": ["In what year did {ref} die?", "What year did {ref} die in?"],
+    "founded_year": ["In what year was {ref} {verb}?", "When was {ref} {verb}?"],
+}
+
+
 @dataclass
 class GenStats:
     """Why walks were abandoned while generating (reported in the funnel summary)."""
@@ -640,13 +685,21 @@ class GenStats:
     produced: Counter = field(default_factory=Counter)
 
 
+PHRASINGS = ("type", "relation")
+"""How a two-hop bridge names its hidden entity: "type" — "the American film director mentioned in the article
+on X"; "relation" — by its role, read from the linking sentence: "the director of X" (chains whose link has no
+readable role are skipped)."""
+
+
 class BridgeBuilder:
     """Backward walks: pick a fact of the last passage, then predecessors that mention the current title."""
 
-    def __init__(self, graph: LinkGraph, rng: random.Random, cloze_mode: str = "auto"):
+    def __init__(self, graph: LinkGraph, rng: random.Random, cloze_mode: str = "auto", phrasing: str = "type"):
         if cloze_mode not in ("auto", "always", "never"):
             raise ValueError(f"cloze_mode must be 'auto', 'always' or 'never', got {cloze_mode!r}")
-        self.g, self.rng, self.cloze_mode = graph, rng, cloze_mode
+        if phrasing not in PHRASINGS:
+            raise ValueError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {phrasing!r}")
+        self.g, self.rng, self.cloze_mode, self.phrasing = graph, rng, cloze_mode, phrasing
 
     def walk_back(self, last: str, hops: int) -> list[str] | None:
         """pid chain [p1 .. p_hops] ending at last; intermediates need a type phrase; titles distinct."""
@@ -660,12 +713,19 @@ class BridgeBuilder:
             else:                       # the new node starts the question: its title must be searchable
                 preds = [p for p in preds
                          if len(surface_of(self.g.passages[p].title)) >= self.g.cfg.min_title_chars]
+                if self.phrasing == "relation" and hops == 2:   # ... and its link must name a role
+                    preds = [p for p in preds if self.role(p, cur_title)]
             if not preds:
                 return None
             prev = self.rng.choice(sorted(preds))
             chain.insert(0, prev)
             titles.add(self.g.passages[prev].title)
         return chain
+
+    def role(self, prev: str, title: str) -> str | None:
+        """The role of the entity titled ``title`` in passage prev's first mention of it (relation_of)."""
+        men = next((m for m in self.g.linked(prev) if m.title == title), None)
+        return relation_of(self.g.passages[prev].text, men) if men else None
 
     def hop(self, prev: str, nxt: str) -> dict[str, Any] | None:
         """Description of nxt as reached from prev: its type, plus a cloze when the type is ambiguous."""
@@ -678,7 +738,12 @@ class BridgeBuilder:
                      if g.profiles[c].type_phrase == t}
         need = self.cloze_mode == "always" or (self.cloze_mode == "auto" and len(same_type) > 1)
         cz = cloze(g.passages[prev].text, men) if need else ""
-        return {"type": t, "cloze": cz or None}
+        hop = {"type": t, "cloze": cz or None}
+        if self.phrasing != "type":
+            rel = self.role(prev, g.passages[nxt].title)
+            if rel:
+                hop["relation"] = rel
+        return hop
 
     def build(self, chain: list[str], fact: Fact) -> tuple[str, dict[str, Any]] | None:
         g = self.g
@@ -691,7 +756,13 @@ class BridgeBuilder:
         def clue(h: dict[str, Any]) -> str:
             return f' (in the words "{h["cloze"]}")' if h["cloze"] else ""
 
-        if len(chain) == 2:
+        if len(chain) == 2 and self.phrasing == "relation":
+            if "relation" not in hops[0] or fact.name not in ASK_NATURAL:
+                return None
+            hops = [{"type": None, "cloze": None, "relation": hops[0]["relation"]}]
+            question = self.rng.choice(ASK_NATURAL[fact.name]).format(ref=f"the {hops[0]['relation']} of {ref0}",
+                                                                        verb=fact.verb)
+        elif len(chain) == 2:
             ref = f"the {hops[0]['type']} mentioned in the article on {ref0}{clue(hops[0])}"
             question = ask(fact, ref)
         else:
@@ -726,11 +797,13 @@ def _askable_facts(prof: Profile) -> list[Fact]:
 
 
 def generate_bridges(g: LinkGraph, n: int, hops: int, rng: random.Random, stats: GenStats,
-                     cloze_mode: str = "auto", max_attempts: int | None = None) -> Iterator[Task]:
-    """Up to n bridge questions of the given hop count."""
-    builder = BridgeBuilder(g, rng, cloze_mode)
+                     cloze_mode: str = "auto", max_attempts: int | None = None,
+                     phrasing: str = "type") -> Iterator[Task]:
+    """Up to n bridge questions of the given hop count (``phrasing``: see PHRASINGS)."""
+    builder = BridgeBuilder(g, rng, cloze_mode, phrasing)
+    askable = ASK_NATURAL if phrasing == "relation" and hops == 2 else BRIDGE_FACTS
     finals = [pid for pid in g.order
-              if g.profiles[pid].type_phrase and any(f in g.profiles[pid].facts for f in BRIDGE_FACTS)
+              if g.profiles[pid].type_phrase and any(f in g.profiles[pid].facts for f in askable)
               and g.inbound.get(g.passages[pid].title)]
     if not finals:
         return
@@ -741,7 +814,11 @@ def generate_bridges(g: LinkGraph, n: int, hops: int, rng: random.Random, stats:
             break
         stats.attempts[key] += 1
         last = rng.choice(finals)
-        fact = rng.choice(_askable_facts(g.profiles[last]))
+        facts = [f for f in _askable_facts(g.profiles[last]) if f.name in askable]
+        if not facts:
+            stats.rejected[f"{key}:no_fact"] += 1
+            continue
+        fact = rng.choice(facts)
         chain = builder.walk_back(last, hops)
         if chain is None:
             stats.rejected[f"{key}:no_path"] += 1

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sleuth.search.corpus import Passage, load_source
-from sleuth.synth.generate import (GenStats, GraphConfig, LinkGraph, generate_bridges, generate_comparisons,
+from sleuth.synth.generate import (PHRASINGS, GenStats, GraphConfig, LinkGraph, generate_bridges, generate_comparisons,
                                    generate_lookups)
 from sleuth.synth.reasoning import KINDS, generate_reasoning
 from sleuth.synth.validate import (ClosedBookSolver, EvalIndex, Stage, SynthError, ToolSolver, all_benchmark_names,
@@ -47,6 +47,10 @@ class SynthConfig:
     cloze: str = "auto"
     """Add the linking sentence (entity blanked) to a hop description: 'auto' when the type alone is
     ambiguous, 'always', or 'never'."""
+    phrasing: str = "type"
+    """How two-hop bridges name their hidden entity: 'type' ("the American film director mentioned in the
+    article on X") or 'relation' ("the director of X", from the linking sentence's role; natural questions
+    like the dev set's, fewer candidates)."""
     graph: GraphConfig = field(default_factory=GraphConfig)
     """Which titles become links (length, commonness, hub cut-off)."""
     eval_sets: tuple[str, ...] = ("all",)
@@ -85,6 +89,8 @@ class SynthConfig:
             raise ValueError(f"hops_k must be >= 0, got {self.hops_k}")
         if self.pass_n < 0:
             raise ValueError(f"pass_n must be >= 0, got {self.pass_n}")
+        if self.phrasing not in PHRASINGS:
+            raise ValueError(f"phrasing must be one of {', '.join(PHRASINGS)}, got {self.phrasing!r}")
 
 
 @dataclass
@@ -203,7 +209,7 @@ def synthesize(corpus: str | Path | Iterable[Passage], cfg: SynthConfig | None =
                    for i in range(len(cfg.hops))]
         for hops, k in zip(cfg.hops, per_hop):
             rng = random.Random(f"{cfg.seed}-bridge-{hops}")
-            for task in generate_bridges(graph, k, hops, rng, stats, cfg.cloze):
+            for task in generate_bridges(graph, k, hops, rng, stats, cfg.cloze, phrasing=cfg.phrasing):
                 candidates.append(task)
                 prog.advance(gen_bar)
         for task in generate_lookups(graph, quotas.get("lookup", 0), random.Random(f"{cfg.seed}-lookup"), stats,

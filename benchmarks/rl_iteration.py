@@ -1,18 +1,21 @@
 """One RL iteration of the shipped recipe's last stage, end to end, with the former and the current fast paths.
 
-Runs ``configs/recipe/read_open.toml`` (6 tasks × 4 trajectories per iteration, LoRA r16, hybrid search on the
+Runs ``configs/recipe/research.toml`` (4 tasks × 8 trajectories per iteration, LoRA r16, hybrid search on the
 ``passages`` index) for ``--iterations`` iterations each way, interleaved iteration by iteration so that load
-from other processes hits both alike, with the same seed and tasks:
+from other processes hits every side alike, with the same seed and tasks:
 
-* ``former``: ``rollout_engine = "hf"`` (transformers' forward) and ``rl.share_prefix = false``
-* ``fast``:   ``rollout_engine = "static"`` and the shared-prefix update (the default)
+* ``former``:    ``rollout_engine = "hf"`` (transformers' forward) and ``rl.share_prefix = false``
+* ``fast``:      ``rollout_engine = "static"`` and the shared-prefix update (the default)
+* ``fast-int8``: the static engine in int8 (``rollout_precision = "int8"``) with the truncated importance weight
+  the int8 policy gap needs (``rl.tis_cap = 2``), and the shared-prefix update
 
-Differences from the recipe, for a benchmark: the starting policy is the shipped adapter (the recipe starts from
-its own stage 1), tasks are the dev questions only with ``reachable_k = 0`` (no task file to synthesise, no
-reachability pass), no time budget for rollouts (both sides run every trajectory to its end, so they do the
-same work) and one torch thread. Writes rollout / update / iteration seconds per iteration and side.
+Differences from the recipe, for a benchmark: the starting policy is the shipped one (the recipe starts from
+its own earlier stages), tasks are the dev questions only with ``reachable_k = 0`` (no task file to synthesise,
+no reachability pass), no warm start, no time budget for rollouts (every side runs every trajectory to its end)
+and ``--threads`` torch threads. The fp32 sides sample the same tokens; the int8 side samples from its own
+(slightly different) policy, so its work differs a little: rollout tokens per side are recorded beside seconds.
 
-    SLEUTH_THREADS=1 nice -n 5 .venv/bin/python benchmarks/rl_iteration.py [--iterations 2]
+    nice -n 5 .venv/bin/python benchmarks/rl_iteration.py [--iterations 2] [--threads 2]
 """
 
 from __future__ import annotations
@@ -37,29 +40,38 @@ from sleuth.rl.train import load_run_config, train  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "rl_iteration.json"
 SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False},
-         "fast": {"rollout_engine": "static", "rl_share_prefix": True}}
+         "fast": {"rollout_engine": "static", "rl_share_prefix": True},
+         # int8 rollouts sample from a slightly different policy: the update corrects it (truncated IS)
+         "fast-int8": {"rollout_engine": "static", "rollout_precision": "int8", "rl_tis_cap": 2.0,
+                       "rl_share_prefix": True}}
 KEYS = ("rollout_seconds", "update_seconds", "iteration_seconds", "rollout_tokens", "seq_tokens", "shared_prefix",
         "trajectories", "trained_trajectories", "accuracy", "logprob_mismatch", "logprob_mismatch_max")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(ROOT / "configs" / "recipe" / "read_open.toml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "recipe" / "research.toml"))
     ap.add_argument("--model", default=str(ROOT / "sleuth" / "policies" / "sleuth-135m-rl"))
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the recipe runs 2)")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {', '.join(SIDES)}")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
-    torch.set_num_threads(1)
+    sides = [s for s in a.sides.split(",") if s]
+    if "former" not in sides or any(s not in SIDES for s in sides):
+        ap.error(f"--sides must include former and name only {', '.join(SIDES)}")
+    torch.set_num_threads(a.threads)
     load_before = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="rl-iteration-"))
-    per: dict[str, list[dict]] = {s: [] for s in SIDES}
+    per: dict[str, list[dict]] = {s: [] for s in sides}
     for it in range(1, a.iterations + 1):
-        order = list(SIDES) if it % 2 else list(reversed(SIDES))
+        order = sides if it % 2 else list(reversed(sides))
         for side in order:
-            cfg = load_run_config(a.config, model=a.model, tasks="dev", reachable_k=0, threads=1,
+            cfg = load_run_config(a.config, model=a.model, tasks="dev", reachable_k=0, threads=a.threads,
                                   **{"rl_seed": a.seed, **SIDES[side]})
             cfg.rollout_seconds = None
+            cfg.warm_start.tasks = None   # a stage's warm start is not part of an iteration
             t = time.perf_counter()
             hist = train(cfg, work / side, resume=it > 1, iterations=it, log=lambda s: print(f"  [{side}] {s}"))
             m = hist[-1]
@@ -74,21 +86,24 @@ def main() -> None:
         return statistics.median(r[key] for r in per[side])
 
     summary = {s: {k: round(med(s, k), 2) for k in ("rollout_seconds", "update_seconds", "iteration_seconds")}
-               for s in SIDES}
+               for s in sides}
     result = {
         "what": "RL iterations of configs/recipe/read_open.toml, former vs fast paths, interleaved, same seed",
-        "config": a.config, "model": a.model, "iterations_each": a.iterations, "seed": a.seed, "threads": 1,
-        "changes_from_recipe": "tasks=dev, reachable_k=0, rollout_seconds=None, threads=1, shipped adapter as start",
+        "config": a.config, "model": a.model, "iterations_each": a.iterations, "seed": a.seed,
+        "threads": a.threads, "sides": {s: SIDES[s] for s in sides},
+        "changes_from_recipe": f"tasks=dev, reachable_k=0, rollout_seconds=None, no warm start, threads={a.threads}, "
+                               "shipped policy as start",
         "per_iteration": per, "median": summary,
-        "speedup": {k: round(summary["former"][k] / summary["fast"][k], 2)
-                    for k in ("rollout_seconds", "update_seconds", "iteration_seconds")},
+        "speedup_vs_former": {s: {k: round(summary["former"][k] / summary[s][k], 2)
+                                  for k in ("rollout_seconds", "update_seconds", "iteration_seconds")}
+                              for s in sides if s != "former"},
         "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("median", "speedup")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("median", "speedup_vs_former")}, indent=2))
     print(f"wrote {out}")
 
 

@@ -287,6 +287,10 @@ def test_top_k_selects_among_matching_passages_with_ties_by_row():
     assert top_k(scores, 3) == [(2, 5.0), (1, 2.0), (3, 2.0)]
     assert top_k(scores, 10) == [(2, 5.0), (1, 2.0), (3, 2.0), (5, 1.0)]  # never a passage scoring 0
     assert top_k(np.zeros(4), 2) == [] and top_k(scores, 0) == []
+    tied = np.zeros(1000)
+    tied[::7] = 1.0
+    tied[500] = 2.0
+    assert top_k(tied, 4) == [(500, 2.0), (0, 1.0), (7, 1.0), (14, 1.0)]   # a tie at the cut: lowest rows
 
 
 def test_prebuilt_pack_supplies_matching_passages_only(home, tmp_path, monkeypatch):

@@ -187,8 +187,10 @@ def top_k(scores: np.ndarray, k: int) -> Ranked:
     if len(cand) == 0:
         return []
     vals = scores[cand]
-    if k < len(cand):
-        sel = np.argpartition(-vals, k - 1)[:k]
+    if k < len(cand):   # the k-th score's ties go to the lower rows too (argpartition alone picks any of them)
+        kth = -np.partition(-vals, k - 1)[k - 1]
+        above = np.flatnonzero(vals > kth)
+        sel = np.concatenate([above, np.flatnonzero(vals == kth)[:k - len(above)]])
         cand, vals = cand[sel], vals[sel]
     order = np.lexsort((cand, -vals))
     return [(int(cand[i]), float(vals[i])) for i in order]

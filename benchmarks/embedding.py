@@ -101,6 +101,25 @@ def corpus_int8_embeddings(name: str, texts: list[str], emb) -> tuple[np.ndarray
     return out, seconds, False
 
 
+def int8_index_vectors(ix, name: str) -> tuple[np.ndarray, dict]:
+    """The vectors of an int8-embedded index of the same passages, in ``ix``'s row order."""
+    other = open_index(name)
+    dense = other.meta["engines"].get("dense") or {}
+    if dense.get("embedder") != "onnx-int8":
+        raise SystemExit(f"index {name!r} was not embedded by onnx-int8 (meta says {dense.get('embedder')!r})")
+    row_of = {p.id: i for i, p in enumerate(other.docs)}
+    ids = [p.id for p in ix.docs]
+    if len(ids) != len(row_of) or any(i not in row_of for i in ids):
+        raise SystemExit(f"index {name!r} does not hold the same passages as {ix.name!r}")
+    vectors = np.load(other.path / "dense" / "embeddings.npy")[[row_of[i] for i in ids]]
+    built = other.meta.get("build_seconds", {})
+    return vectors, {"from_index": name, "passages": len(ids), "built": other.meta.get("created"),
+                     "embed_seconds": built.get("embed"), "embedded": dense.get("embedded"),
+                     "from_prebuilt_pack": dense.get("prebuilt"),
+                     "passages_per_s_wall": round(dense["embedded"] / built["embed"], 1)
+                     if built.get("embed") and dense.get("embedded") else None}
+
+
 def flat_engine(ix, vectors: np.ndarray, embedder) -> DenseEngine:
     return DenseEngine(ix.name, ix.docs, build_faiss(vectors, DenseConfig()), lambda: embedder)
 
@@ -250,6 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--subset", type=int, default=0,
                     help="quality on this many passages (all supporting ones + random) instead of the corpus")
+    ap.add_argument("--int8-index", default=None,
+                    help="take the full corpus's int8 vectors from this index (`sleuth index SOURCE --name N`, same "
+                         "passages) instead of embedding them here; its build time is reported as the int8 rate")
     ap.add_argument("--no-scale", action="store_true")
     ap.add_argument("--scale", type=int, default=1_000_000)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -302,12 +324,15 @@ def main(argv: list[str] | None = None) -> dict:
         corpus_emb = OnnxEmbedder(max_tokens)
         if threads is not None:
             os.environ["SLEUTH_THREADS"] = threads
-        print(f"int8 embeddings of {len(texts)} passages ({corpus_emb.workers} workers)", flush=True)
-        vectors, secs, cached = corpus_int8_embeddings(corpus.name, texts, corpus_emb)
-        report["int8_corpus"] = {"passages": len(texts), "workers": corpus_emb.workers, "seconds": round(secs, 1),
-                                 "reused_from_cache": cached,
-                                 "passages_per_s_wall": round(len(texts) / secs, 1) if secs else None,
-                                 "subset": subset}
+        if ns.int8_index and not subset:
+            vectors, report["int8_corpus"] = int8_index_vectors(ix, ns.int8_index)
+        else:
+            print(f"int8 embeddings of {len(texts)} passages ({corpus_emb.workers} workers)", flush=True)
+            vectors, secs, cached = corpus_int8_embeddings(corpus.name, texts, corpus_emb)
+            report["int8_corpus"] = {"passages": len(texts), "workers": corpus_emb.workers,
+                                     "seconds": round(secs, 1), "reused_from_cache": cached,
+                                     "passages_per_s_wall": round(len(texts) / secs, 1) if secs else None,
+                                     "subset": subset}
         print("quality and latency", flush=True)
         section_quality(corpus, dev, embedders["torch"], embedders["onnx-int8"], corpus_torch, vectors, 10, 8,
                         report)

@@ -92,6 +92,11 @@ def test_cloning_raises_the_demonstrations_likelihood(env, smol_tokenizer, one_t
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params))
     # the RL optimizer is untouched: the warm start has its own
     assert not trainer.optimizer.state
+    # a demonstration longer than max_seq_len is left out, and the log says so
+    trainer.cfg.max_seq_len = min(sum(len(s.token_ids) for s in t.segments) for t in demos) - 1
+    lines: list[str] = []
+    clone(trainer, demos, WarmStartConfig(tasks=["-"], epochs=1, batch_size=2, lr=1e-2), log=lines.append)
+    assert any("longer than rl.max_seq_len" in line for line in lines)
 
 
 def test_config_rejects_bad_values():

@@ -193,7 +193,10 @@ def clone(trainer: Any, demos: list[Trajectory], cfg: WarmStartConfig, log: Call
             # the RL update's rows (every token is current, so none is masked as off-policy); their advantages
             # are not used: the loss below is plain −log π
             sel = [Selected(t, 0.0, 1.0) for t in order[s:s + cfg.batch_size]]
-            rows, _ = build_rows(sel, rl, trainer.version)
+            rows, row_stats = build_rows(sel, rl, trainer.version)
+            if row_stats.overlong:   # build_rows leaves out a trajectory longer than max_seq_len whole
+                log(f"warm start: {row_stats.overlong} demonstration(s) longer than rl.max_seq_len = "
+                    f"{rl.max_seq_len} tokens left out of this step")
             n_total = sum(sum(r.loss_mask) for r in rows)
             if not n_total:
                 continue

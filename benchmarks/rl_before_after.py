@@ -118,6 +118,24 @@ def by_dataset(records: list[dict]) -> dict[str, dict]:
             for ds, rs in sorted(by_ds.items())}
 
 
+def behaviour(records: list[dict]) -> dict[str, dict]:
+    """Research behaviour per question type: NQ questions are single-hop, the others (hotpotqa, 2wiki, musique)
+    multi-hop. Share of trajectories that searched at least twice, searches and steps per trajectory, and of the
+    correct answers, how many came from a trajectory that searched at least twice."""
+    out: dict[str, dict] = {}
+    for kind in ("multi-hop", "single-hop"):
+        rs = [r for r in records if (str(r.get("dataset", "")).endswith("nq")) == (kind == "single-hop")]
+        if not rs:
+            continue
+        twice = [int((r.get("stats") or {}).get("search_calls", 0)) >= 2 for r in rs]
+        right = [t for t, r in zip(twice, rs) if r["verdict"]["correct"]]
+        out[kind] = {"samples": len(rs), "searched_twice": round(sum(twice) / len(rs), 4),
+                     "searches": round(sum((r.get("stats") or {}).get("search_calls", 0) for r in rs) / len(rs), 3),
+                     "steps": round(sum((r.get("stats") or {}).get("steps", 0) for r in rs) / len(rs), 3),
+                     "correct": len(right), "correct_searched_twice": sum(right)}
+    return out
+
+
 def per_question_pass1(records: list[dict]) -> dict[str, float]:
     by_task: dict[str, list[bool]] = defaultdict(list)
     for r in records:
@@ -204,6 +222,7 @@ def main() -> None:
     judge = make_judge("cover")
     per_q: dict[str, dict[str, float]] = {}
     datasets: dict[str, dict] = {}
+    behaviours: dict[str, dict] = {}
     for name, path in modes.items():
         recs = [r for r in load(path) if r["task_id"] in ids]
         for r in recs:   # judged again with today's judge, so every row computed here is judged alike
@@ -212,10 +231,12 @@ def main() -> None:
         res[name] = summarise(recs, kinds, args.k, answer_shown(path, configs[name], by_id, rag_engine))
         per_q[name] = per_question_pass1(recs)
         datasets[name] = by_dataset(recs)
+        behaviours[name] = behaviour(recs)
     n_cmp = sum(is_candidate_question(q) for q in questions.values())
     out = {"tasks": what, "comparison_questions": n_cmp,
            "coin_flip_pass@1": round(0.5 * n_cmp / len(questions), 4), "modes": res,
-           "reference": str(args.reference) if args.reference else None, "by_dataset": datasets}
+           "reference": str(args.reference) if args.reference else None, "by_dataset": datasets,
+           "behaviour": behaviours}
     best = max(untrained_names, key=lambda n: res[n]["all"]["pass@1"])
     after, rag, untrained = res[args.label]["all"], res["rag"]["all"], res[best]["all"]
     out["untrained_reference"] = best
@@ -250,6 +271,11 @@ def main() -> None:
             if b and split in ("all", "open"):
                 print(f"{args.label} − {other}, {split}: pass@1 {b['diff']:+.3f} (95% CI {b['ci95'][0]:+.3f} … "
                       f"{b['ci95'][1]:+.3f}, {b['questions']} q; draws not better {b['p_not_better']:.3f})")
+    for name, kinds_b in behaviours.items():
+        for kind, b in kinds_b.items():
+            print(f"{name}: {kind} — searched twice in {b['searched_twice']:.0%} of {b['samples']} trajectories, "
+                  f"{b['searches']:.2f} searches; {b['correct_searched_twice']} of {b['correct']} correct answers "
+                  "searched twice")
     print(f"coin flip on the {n_cmp} comparison questions: pass@1 {out['coin_flip_pass@1']:.3f} overall")
     print(json.dumps(out["ratios"]))
 

@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the recipe runs 2)")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {', '.join(SIDES)}")
+    ap.add_argument("--tasks-per-iteration", type=int, default=None, help="override the config's (a quick check)")
+    ap.add_argument("--group-size", type=int, default=None, help="override the config's (a quick check)")
     ap.add_argument("--out", default=str(RESULTS))
     a = ap.parse_args()
     sides = [s for s in a.sides.split(",") if s]
@@ -69,7 +71,10 @@ def main() -> None:
         order = sides if it % 2 else list(reversed(sides))
         for side in order:
             cfg = load_run_config(a.config, model=a.model, tasks="dev", reachable_k=0, threads=a.threads,
-                                  **{"rl_seed": a.seed, **SIDES[side]})
+                                  **{"rl_seed": a.seed, **SIDES[side],
+                                     **({"rl_tasks_per_iteration": a.tasks_per_iteration}
+                                        if a.tasks_per_iteration else {}),
+                                     **({"rl_group_size": a.group_size} if a.group_size else {})})
             cfg.rollout_seconds = None
             cfg.warm_start.tasks = None   # a stage's warm start is not part of an iteration
             t = time.perf_counter()
@@ -85,8 +90,18 @@ def main() -> None:
     def med(side: str, key: str) -> float:
         return statistics.median(r[key] for r in per[side])
 
+    def rate(side: str, tokens: str, seconds: str) -> float | None:
+        num, den = sum(r[tokens] or 0 for r in per[side]), sum(r[seconds] or 0 for r in per[side])
+        return round(num / den, 1) if den else None
+
     summary = {s: {k: round(med(s, k), 2) for k in ("rollout_seconds", "update_seconds", "iteration_seconds")}
                for s in sides}
+    for s in sides:   # the int8 side samples other tokens, so its work differs: rates beside seconds
+        summary[s]["rollout_tokens_per_s"] = rate(s, "rollout_tokens", "rollout_seconds")
+        summary[s]["update_seq_tokens_per_s"] = rate(s, "seq_tokens", "update_seconds")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 2) if a and b else None
     result = {
         "what": "RL iterations of configs/recipe/read_open.toml, former vs fast paths, interleaved, same seed",
         "config": a.config, "model": a.model, "iterations_each": a.iterations, "seed": a.seed,
@@ -94,8 +109,10 @@ def main() -> None:
         "changes_from_recipe": f"tasks=dev, reachable_k=0, rollout_seconds=None, no warm start, threads={a.threads}, "
                                "shipped policy as start",
         "per_iteration": per, "median": summary,
-        "speedup_vs_former": {s: {k: round(summary["former"][k] / summary[s][k], 2)
-                                  for k in ("rollout_seconds", "update_seconds", "iteration_seconds")}
+        "speedup_vs_former": {s: {**{k: ratio(summary["former"][k], summary[s][k])
+                                     for k in ("rollout_seconds", "update_seconds", "iteration_seconds")},
+                                  **{k: ratio(summary[s][k], summary["former"][k])
+                                     for k in ("rollout_tokens_per_s", "update_seq_tokens_per_s")}}
                               for s in sides if s != "former"},
         "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,

@@ -146,8 +146,9 @@ class DenseEngine(SearchEngine):
 
         The product runs on one BLAS thread: it streams the whole matrix once (memory-bound, ~12 ms for 28k
         vectors on 2 idle cores either way), and a second BLAS thread busy-waits after it, taking the core the
-        query encoder, BM25 and snippets need — a hybrid batch measured 48 ms with the default threads, 22 ms
-        with one (cached queries).
+        query encoder, BM25 and snippets need: a cold 8-query hybrid batch on the 28k index measured 70 ms p50
+        and 135 ms of CPU before, 62 ms and 88 ms after (benchmarks/results/embedding_full.json,
+        embedding_latency.json).
         """
         if self._flat is None:
             return self.index.search(q, k)

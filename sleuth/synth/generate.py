@@ -8,7 +8,9 @@ its definition sentence ("X is/was a <type> ...") gives a type phrase, and simpl
 Questions:
 * bridge (2-4 hops): walk A -> B -> ... -> Z backwards from a fact of Z. Only A is named; every later entity
   is referred to by its type and the passage that mentions it ("the American actor mentioned in the article
-  on A"), plus a cloze of the linking sentence when the type alone would be ambiguous.
+  on A"), plus a cloze of the linking sentence when the type alone would be ambiguous. With
+  ``phrasing="relation"`` a two-hop bridge names it by the role its linking sentence states instead ("the
+  director of A", from "a film directed by ___").
 * comparison: two passages with comparable facts ("Who was born first, X or Y?").
 
 Every question carries a ``pattern`` (the start title, the hop descriptions, the fact asked for) so the

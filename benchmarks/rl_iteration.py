@@ -56,6 +56,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the recipe runs 2)")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {', '.join(SIDES)}")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="untimed iterations of the first side before measuring (one-time costs of the process)")
     ap.add_argument("--tasks-per-iteration", type=int, default=None, help="override the config's (a quick check)")
     ap.add_argument("--group-size", type=int, default=None, help="override the config's (a quick check)")
     ap.add_argument("--out", default=str(RESULTS))
@@ -66,17 +68,24 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     load_before = [round(x, 2) for x in os.getloadavg()]
     work = Path(tempfile.mkdtemp(prefix="rl-iteration-"))
+    def config(side: str):
+        cfg = load_run_config(a.config, model=a.model, tasks="dev", reachable_k=0, threads=a.threads,
+                              **{"rl_seed": a.seed, **SIDES[side],
+                                 **({"rl_tasks_per_iteration": a.tasks_per_iteration} if a.tasks_per_iteration else {}),
+                                 **({"rl_group_size": a.group_size} if a.group_size else {})})
+        cfg.rollout_seconds = None
+        cfg.warm_start.tasks = None   # a stage's warm start is not part of an iteration
+        return cfg
+
+    if a.warmup:   # the first path run pays for loading the index, the embedder and the allocator: not timed
+        cfg = config(sides[0])
+        cfg.rl.seed = a.seed + 1000   # other tasks than the measured iterations
+        train(cfg, work / "warmup", iterations=a.warmup, log=lambda s: print(f"  [warm-up] {s}"))
     per: dict[str, list[dict]] = {s: [] for s in sides}
     for it in range(1, a.iterations + 1):
         order = sides if it % 2 else list(reversed(sides))
         for side in order:
-            cfg = load_run_config(a.config, model=a.model, tasks="dev", reachable_k=0, threads=a.threads,
-                                  **{"rl_seed": a.seed, **SIDES[side],
-                                     **({"rl_tasks_per_iteration": a.tasks_per_iteration}
-                                        if a.tasks_per_iteration else {}),
-                                     **({"rl_group_size": a.group_size} if a.group_size else {})})
-            cfg.rollout_seconds = None
-            cfg.warm_start.tasks = None   # a stage's warm start is not part of an iteration
+            cfg = config(side)
             t = time.perf_counter()
             hist = train(cfg, work / side, resume=it > 1, iterations=it, log=lambda s: print(f"  [{side}] {s}"))
             m = hist[-1]
@@ -105,7 +114,7 @@ def main() -> None:
     result = {
         "what": "RL iterations of configs/recipe/read_open.toml, former vs fast paths, interleaved, same seed",
         "config": a.config, "model": a.model, "iterations_each": a.iterations, "seed": a.seed,
-        "threads": a.threads, "sides": {s: SIDES[s] for s in sides},
+        "threads": a.threads, "warmup_iterations": a.warmup, "sides": {s: SIDES[s] for s in sides},
         "changes_from_recipe": f"tasks=dev, reachable_k=0, rollout_seconds=None, no warm start, threads={a.threads}, "
                                "shipped policy as start",
         "per_iteration": per, "median": summary,

@@ -127,11 +127,12 @@ def behaviour(records: list[dict]) -> dict[str, dict]:
         rs = [r for r in records if (str(r.get("dataset", "")).endswith("nq")) == (kind == "single-hop")]
         if not rs:
             continue
-        twice = [int((r.get("stats") or {}).get("search_calls", 0)) >= 2 for r in rs]
-        right = [t for t, r in zip(twice, rs) if r["verdict"]["correct"]]
-        out[kind] = {"samples": len(rs), "searched_twice": round(sum(twice) / len(rs), 4),
-                     "searches": round(sum((r.get("stats") or {}).get("search_calls", 0) for r in rs) / len(rs), 3),
-                     "steps": round(sum((r.get("stats") or {}).get("steps", 0) for r in rs) / len(rs), 3),
+        stats = [r.get("stats") or {} for r in rs]
+        searches = [int(st.get("search_calls", 0)) for st in stats]
+        right = [n >= 2 for n, r in zip(searches, rs) if r["verdict"]["correct"]]
+        out[kind] = {"samples": len(rs), "searched_twice": round(sum(n >= 2 for n in searches) / len(rs), 4),
+                     "searches": round(sum(searches) / len(rs), 3),
+                     "steps": round(sum(st.get("steps", 0) for st in stats) / len(rs), 3),
                      "correct": len(right), "correct_searched_twice": sum(right)}
     return out
 

@@ -236,8 +236,8 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
 # ------------------------------------------------------------------------------------- the loop's parts
 def warm_start(cfg: RunConfig, trainer, judge, env, out: Path, log: Callable[[str], None]) -> dict[str, Any]:
     """Demonstrations on the warm-start tasks (holdout and validation removed, as for RL), run with the
-    rollouts' tools ``env``, cloned into the trainer's weights; statistics and per-step losses to ``warm_start.json``. Checkpointed by the caller as
-    iteration 0, so a resumed run never repeats it."""
+    rollouts' tools ``env``, cloned into the trainer's weights; statistics and per-step losses to
+    ``warm_start.json``. Checkpointed by the caller as iteration 0, so a resumed run never repeats it."""
     from sleuth.rl.warmstart import clone, demonstrate
 
     ws = cfg.warm_start

@@ -82,8 +82,8 @@ class ScriptedActor:
     each query of its plan, then ``<answer>gold</answer>`` with the gold alias the observations show.
 
     It tells its trajectories apart by the question in the prompt (its first occurrence) and counts the
-    observations after it to know the step; its tokens are the tokenizer's encoding of the action text (what the policy is then trained to
-    write). Log-probs are not known (0.0): demonstrations are never trained on as samples of the policy."""
+    observations after it to know the step; its tokens are the tokenizer's encoding of the action text (what the
+    policy is then trained to write). Log-probs are not known (0.0): demonstrations are never trained on as samples of the policy."""
 
     name = "scripted-demonstrations"
 

@@ -622,11 +622,16 @@ def ask(fact: Fact, ref: str) -> str:
     return ASK[key].format(ref=ref, verb=verb, census=fact.extra.get("census", ""))
 
 
+def _sentence_at(text: str, pos: int) -> tuple[int, int]:
+    """(start, end) of the sentence holding character pos (the whole text when none does)."""
+    return next(((s, e) for s, e in sentences(text) if s <= pos < e), (0, len(text)))
+
+
 def cloze(text: str, men: Mention, width: int = 5) -> str:
     """The linking sentence around a mention, the mention blanked: 'was the son of ___ and'.
 
     Built from the exact characters of the text, so substituting the title back gives a substring."""
-    sent = next(((s, e) for s, e in sentences(text) if s <= men.start < e), (0, len(text)))
+    sent = _sentence_at(text, men.start)
     left = list(re.finditer(r"\S+", text[sent[0]:men.start]))[-width:]
     right = list(re.finditer(r"\S+", text[men.end:sent[1]]))[:width]
     if len(left) + len(right) < 2:
@@ -660,7 +665,7 @@ _LIST_AFTER = re.compile(r"^\s*(?:,|and\b|&)")
 def relation_of(text: str, men: "Mention") -> str | None:
     """The role the mention at men plays for the passage's subject, read from '<verb> by ___' right before it
     in its sentence ("director", "author"...), or None."""
-    sent = next(((s, e) for s, e in sentences(text) if s <= men.start < e), (0, len(text)))
+    sent = _sentence_at(text, men.start)
     before = text[max(sent[0], men.start - 60):men.start]
     m = _BY_BEFORE.search(before)
     if not m or _LIST_AFTER.match(text[men.end:men.end + 6]) or " and " in before[m.start():]:
@@ -742,7 +747,7 @@ class BridgeBuilder:
         cz = cloze(g.passages[prev].text, men) if need else ""
         hop = {"type": t, "cloze": cz or None}
         if self.phrasing != "type":
-            rel = self.role(prev, g.passages[nxt].title)
+            rel = relation_of(g.passages[prev].text, men)
             if rel:
                 hop["relation"] = rel
         return hop

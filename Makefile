@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test setup policy clean
+.PHONY: demo test setup llama policy clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,6 +18,10 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 setup: $(STAMP)
+
+# Optional: llama.cpp for fast RL rollouts (rollout_engine = "llama"); compiles llama.cpp, about 7 min on 2 cores.
+llama: $(STAMP)
+	$(BIN)/pip install -q -r requirements-llama.txt
 
 demo: $(STAMP)
 	$(BIN)/sleuth index --embedded

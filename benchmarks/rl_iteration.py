@@ -8,12 +8,15 @@ from other processes hits every side alike, with the same seed and tasks:
 * ``fast``:      ``rollout_engine = "static"`` and the shared-prefix update (the default)
 * ``fast-int8``: the static engine in int8 (``rollout_precision = "int8"``) with the truncated importance weight
   the int8 policy gap needs (``rl.tis_cap = 2``), and the shared-prefix update
+* ``fast-llama``: llama.cpp rollouts on the float32 weights (``rollout_engine = "llama"``), shared-prefix update
+* ``fast-llama-q8``: llama.cpp on q8_0 weights with the truncated importance weight ``tis_cap = 2``
 
 Differences from the recipe, for a benchmark: the starting policy is the shipped one (the recipe starts from
 its own earlier stages), tasks are the dev questions only with ``reachable_k = 0`` (no task file to synthesise,
 no reachability pass), no warm start, no time budget for rollouts (every side runs every trajectory to its end)
-and ``--threads`` torch threads. The fp32 sides sample the same tokens; the int8 side samples from its own
-(slightly different) policy, so its work differs a little: rollout tokens per side are recorded beside seconds.
+and ``--threads`` torch threads. ``former`` and ``fast`` sample the same tokens; ``fast-llama`` nearly the same
+(log-probs within ~1e-2 of the trainer's, so a sampled token can differ); the int8 / q8 sides sample from their own
+(slightly different) policies, so their work differs a little: rollout tokens per side are recorded beside seconds.
 
     nice -n 5 .venv/bin/python benchmarks/rl_iteration.py [--iterations 2] [--threads 2]
 """
@@ -43,7 +46,11 @@ SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False},
          "fast": {"rollout_engine": "static", "rl_share_prefix": True},
          # int8 rollouts sample from a slightly different policy: the update corrects it (truncated IS)
          "fast-int8": {"rollout_engine": "static", "rollout_precision": "int8", "rl_tis_cap": 2.0,
-                       "rl_share_prefix": True}}
+                       "rl_share_prefix": True},
+         # llama.cpp on the float32 weights (float16 KV cache): log-probs within ~1e-2 of the trainer's
+         "fast-llama": {"rollout_engine": "llama", "rl_share_prefix": True},
+         "fast-llama-q8": {"rollout_engine": "llama", "rollout_precision": "int8", "rl_tis_cap": 2.0,
+                           "rl_share_prefix": True}}
 KEYS = ("rollout_seconds", "update_seconds", "iteration_seconds", "rollout_tokens", "seq_tokens", "shared_prefix",
         "trajectories", "trained_trajectories", "accuracy", "logprob_mismatch", "logprob_mismatch_max")
 
@@ -81,6 +88,11 @@ def main() -> None:
         cfg = config(sides[0])
         cfg.rl.seed = a.seed + 1000   # other tasks than the measured iterations
         train(cfg, work / "warmup", iterations=a.warmup, log=lambda s: print(f"  [warm-up] {s}"))
+        if any(SIDES[s].get("rollout_engine") == "llama" for s in sides):   # parsing the GGUF vocabulary, once
+            from sleuth import paths
+            from sleuth.policy.llamacpp import read_template
+
+            read_template(str(paths.embedded_policy_gguf().resolve()))
     per: dict[str, list[dict]] = {s: [] for s in sides}
     for it in range(1, a.iterations + 1):
         order = sides if it % 2 else list(reversed(sides))

@@ -7,6 +7,9 @@ temperature 0.7 by the embedded SmolLM2-135M, one batch of 16, with every engine
 * ``static-fp32`` — sleuth's lean decode engine (``sleuth/policy/engine.py``): static KV cache, fused
                     products, the trainer's own float32 arithmetic (the default)
 * ``static-int8`` — the same engine with int8 linear layers (fbgemm dynamic quantisation)
+* ``llama-f32``   — llama.cpp (``sleuth/policy/llamacpp.py``) on the policy's weights written to GGUF as float32,
+                    flash attention over a float16 KV cache; sleuth samples from its logits
+* ``llama-q8``    — the same with the weights as q8_0 (8 bits per weight, one scale per block of 32)
 
 The engines run interleaved (round r runs them in a rotated order, same seed) so that load from other
 processes hits all alike; tokens/s (wall clock) and tokens per CPU second (the process runs one thread, so this
@@ -47,7 +50,8 @@ SYSTEM = (
     "Think step by step inside <think>...</think>, then write exactly one action as JSON inside "
     "<action>...</action>. Cite the passages you used."
 )
-ENGINES = {"hf": ("hf", "fp32"), "static-fp32": ("static", "fp32"), "static-int8": ("static", "int8")}
+ENGINES = {"hf": ("hf", "fp32"), "static-fp32": ("static", "fp32"), "static-int8": ("static", "int8"),
+           "llama-f32": ("llama", "fp32"), "llama-q8": ("llama", "int8")}
 
 
 @dataclass
@@ -58,7 +62,7 @@ class Config:
     threads: int = 1              # torch intra-op threads (1 is steadiest on a small shared machine)
     seed: int = 0
     rounds: int = 2               # interleaved rounds; tokens/s is the median per engine
-    engines: str = "hf,static-fp32,static-int8"
+    engines: str = "hf,static-fp32,static-int8,llama-f32,llama-q8"   # llama-*: needs llama-cpp-python
     out: str = str(Path(__file__).parent / "results" / "rollout_throughput.json")
 
 
@@ -167,6 +171,8 @@ def main() -> None:
         "speedup_vs_hf_cpu_time": {n: round(e["tokens_per_cpu_s_median"] / engines["hf"]["tokens_per_cpu_s_median"], 2)
                                    for n, e in engines.items()} if base else {},
         "greedy_vs_hf": greedy_agreement(policy, prompts, names),
+        # Writing the weights to GGUF and loading them into llama.cpp (once per set of weights, after each update).
+        "llama_weights_load_seconds": {w: round(e.export_seconds / max(e.loads, 1), 2) for w, e in policy._llama.items()},
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "threads": torch.get_num_threads(),

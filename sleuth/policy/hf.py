@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_NAME = "smollm2-135m-instruct"
 VERSION_FILE = "sleuth_version.json"
 _SOURCE_FILE = "sleuth_source.json"   # records which GGUF a cached safetensors copy came from
-ENGINES = ("static", "hf")
+ENGINES = ("static", "hf", "llama")
 
 
 def _offline() -> None:
@@ -176,9 +176,13 @@ class HFPolicy:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         # "hf": transformers' forward with a dynamic cache (the reference path, the default: on this project's
         # CPUs decoding is bound by the float32 matrix products, and the static engine measured no faster);
-        # "static": sleuth's lean decode engine (engine.py) where the model allows, else transformers' forward.
+        # "static": sleuth's lean decode engine (engine.py) where the model allows, else transformers' forward;
+        # "llama": llama.cpp sampling the current weights written to GGUF (llamacpp.py; fp32 -> f32 weights,
+        # int8 -> q8_0), needs llama-cpp-python.
         self.engine, self.precision = engine, precision
         self._decoder: DecodeEngine | None = None
+        self._llama: dict[str, Any] = {}        # llama.cpp engines by weight type
+        self.gguf_template: Path | None = None   # metadata for the llama engine's GGUF (default: embedded model)
 
     # ---------------------------------------------------------------- loading / saving
     @classmethod
@@ -300,6 +304,14 @@ class HFPolicy:
 
     def _run(self, prompts: list[list[int]], params: SamplingParams, budget: int,
              out_ids: list[list[int]], out_lp: list[list[float]], reasons: list[str]) -> None:
+        stop_window = 4 * max((len(s) for s in params.stop), default=0) + 4  # tokens to re-decode per check
+        if self.engine == "llama":
+            self.llama_engine().generate(
+                prompts, budget, lambda logits: self._sample(logits, params),
+                lambda rows, tok_l, lp_l: self._accept(rows, tok_l, lp_l, out_ids, out_lp, reasons, params,
+                                                       budget, stop_window),
+                reuse=self.prefix_cache is not None)
+            return
         dev = self.device
         pc = self.prefix_cache
         reuse = [(0, None)] * len(prompts)
@@ -318,23 +330,11 @@ class HFPolicy:
         logits = dec.prefill(ids, pos)
         rows = list(range(len(prompts)))            # batch row -> original prompt index
         next_pos = pos[:, -1:] + 1
-        stop_window = 4 * max((len(s) for s in params.stop), default=0) + 4  # tokens to re-decode per check
 
         for step in range(budget):
             tok, lp = self._sample(logits, params)
-            tok_l, lp_l = tok.tolist(), lp.tolist()
-            keep: list[int] = []
-            for b, r in enumerate(rows):
-                if reasons[r] != "length" or len(out_ids[r]) >= budget:
-                    continue  # finished earlier but still in the batch (drop_finished=False)
-                out_ids[r].append(tok_l[b])
-                out_lp[r].append(lp_l[b])
-                if tok_l[b] in self.eos_ids:
-                    reasons[r] = "eos"
-                elif params.stop and self._hit_stop(out_ids[r], params.stop, stop_window):
-                    reasons[r] = "stop"
-                else:
-                    keep.append(b)
+            keep = self._accept(rows, tok.tolist(), lp.tolist(), out_ids, out_lp, reasons, params, budget,
+                                stop_window)
             if not keep or step == budget - 1:
                 break
             if self.drop_finished and len(keep) < len(rows):
@@ -350,6 +350,38 @@ class HFPolicy:
             next_pos = next_pos + 1
         if pc is not None:
             self._remember(dec.row_kv, dec.mask, list(enumerate(rows)), prompts, out_ids)
+
+    def _accept(self, rows: list[int], tok_l: list[int], lp_l: list[float], out_ids: list[list[int]],
+                out_lp: list[list[float]], reasons: list[str], params: SamplingParams, budget: int,
+                stop_window: int) -> list[int]:
+        """Record one sampled token per batch row; returns the batch positions whose rows go on."""
+        keep: list[int] = []
+        for b, r in enumerate(rows):
+            if reasons[r] != "length" or len(out_ids[r]) >= budget:
+                continue  # finished earlier but still in the batch (drop_finished=False)
+            out_ids[r].append(tok_l[b])
+            out_lp[r].append(lp_l[b])
+            if tok_l[b] in self.eos_ids:
+                reasons[r] = "eos"
+            elif params.stop and self._hit_stop(out_ids[r], params.stop, stop_window):
+                reasons[r] = "stop"
+            elif len(out_ids[r]) < budget:
+                keep.append(b)
+        return keep
+
+    def llama_engine(self) -> Any:
+        """The llama.cpp engine holding the model's current weights (exported again after they change)."""
+        from sleuth.policy.llamacpp import LlamaCppEngine
+
+        weight_type = "f32" if self.precision == "fp32" else "q8_0"
+        eng = self._llama.get(weight_type)
+        if eng is None:
+            template = self.gguf_template or paths.embedded_policy_gguf()
+            eng = self._llama[weight_type] = LlamaCppEngine(self.model, template, weight_type=weight_type,
+                                                            threads=torch.get_num_threads())
+        else:
+            eng.refresh(self.model)
+        return eng
 
     def decode_engine(self) -> DecodeEngine | None:
         """The lean decode engine with the model's current weights (None: the reference path is used)."""

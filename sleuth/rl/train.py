@@ -81,12 +81,14 @@ class RunConfig:
     threads: int = 0
     """torch threads (0 = torch default)."""
     rollout_engine: str = "hf"
-    """How rollouts decode: "hf" (transformers' generic forward) or "static" (sleuth's lean engine: static KV cache,
+    """How rollouts decode: "hf" (transformers' generic forward), "static" (sleuth's lean engine: static KV cache,
     fused products, weights refreshed after every update; same tokens and log-probs, measured no faster in float32
-    on a 2-core CPU, where decoding is bound by the matrix products — benchmarks/rollout_throughput.py)."""
+    on a 2-core CPU, where decoding is bound by the matrix products) or "llama" (llama.cpp on the weights written
+    to GGUF after every update; needs llama-cpp-python) — benchmarks/rollout_throughput.py."""
     rollout_precision: str = "fp32"
-    """The static engine's arithmetic: "fp32" (the trainer's; log-probs agree to ~1e-5) or "int8" (faster, a
-    slightly different policy: needs rl.tis_cap > 0 so the update corrects the gap with importance weights)."""
+    """The engine's arithmetic: "fp32" (static: the trainer's, log-probs agree to ~1e-5; llama: float32 weights,
+    float16 KV cache) or "int8" (static: fbgemm int8 layers; llama: q8_0 weights; faster, a slightly different
+    policy: needs rl.tis_cap > 0 so the update corrects the gap with importance weights)."""
     rl: TrainConfig = field(default_factory=TrainConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     """Behaviour cloning on demonstrations replayed in the real environment before the first iteration
@@ -95,8 +97,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         from sleuth.policy.engine import PRECISIONS
 
-        if self.rollout_engine not in ("static", "hf"):
-            raise ValueError(f"rollout_engine must be 'static' or 'hf', got {self.rollout_engine!r}")
+        if self.rollout_engine not in ("static", "hf", "llama"):
+            raise ValueError(f"rollout_engine must be 'static', 'hf' or 'llama', got {self.rollout_engine!r}")
+        if self.rollout_engine == "llama":
+            from sleuth.policy import llamacpp
+
+            if not llamacpp.available():
+                raise ValueError(f"rollout_engine = 'llama': {llamacpp.INSTALL_HINT}")
         if self.rollout_precision not in PRECISIONS:
             raise ValueError(f"rollout_precision must be one of {PRECISIONS}, got {self.rollout_precision!r}")
 
@@ -121,7 +128,7 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
     cfg.warm_start = _build(WarmStartConfig, warm, "warm_start")
     reward = rl.pop("reward", {})
     cfg.rl = load_config(None, **{**rl, **rl_over, "reward": reward})
-    if cfg.rollout_engine == "static" and cfg.rollout_precision != "fp32" and cfg.rl.tis_cap <= 0:
+    if cfg.rollout_engine != "hf" and cfg.rollout_precision != "fp32" and cfg.rl.tis_cap <= 0:
         raise ValueError(f"rollout_precision = {cfg.rollout_precision!r} samples from a slightly different policy "
                          "than the trainer's: set rl.tis_cap (e.g. 2.0) so the update corrects the gap")
     return cfg

@@ -38,6 +38,8 @@ def main() -> None:
                          "default: the untrained embedded model")
     ap.add_argument("--prompt", default="short-fewshot", help="agent prompt variant (see sleuth.agent.PROMPTS)")
     ap.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (then use --samples 1)")
+    ap.add_argument("--decode-engine", default="hf", choices=["hf", "static", "llama"],
+                    help="how the local policy samples (llama: llama.cpp on float32 weights, requirements-llama.txt)")
     ap.add_argument("--out", default="benchmarks/results/baseline_dev.json")
     args = ap.parse_args()
     import torch
@@ -49,10 +51,12 @@ def main() -> None:
     from sleuth.trajectory import load_jsonl
 
     policy = HFPolicy.load(args.model)
+    policy.engine = args.decode_engine
     env = Environment.from_index(args.index, engine="hybrid", tools=("search", "browse"))
     out = {"tasks": f"dev, first {args.n} after shuffling with seed 0", "samples": args.samples,
            "temperature": args.temperature, "judge": "cover (strict) + EM/F1", "index": args.index,
            "model": args.model or "embedded SmolLM2-135M-Instruct (untrained)", "prompt": args.prompt,
+           "decode_engine": args.decode_engine,
            "modes": {}}
     for mode in args.modes.split(","):
         t0 = time.time()

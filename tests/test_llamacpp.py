@@ -202,7 +202,7 @@ def test_llama_engine_runs_more_rows_than_it_has_slots(policy, prompts):
     try:
         full = [g.token_ids for g in policy.generate(prompts, greedy)]
         saved = policy._llama["f32"]
-        policy._llama["f32"] = LlamaCppEngine(policy.model, paths.embedded_policy_gguf(), n_slots=2, n_ctx=4096)
+        policy._llama["f32"] = LlamaCppEngine(policy.model, paths.embedded_policy_gguf(), n_slots=2, slot_ctx=1024)
         try:
             turns = [g.token_ids for g in policy.generate(prompts, greedy)]
         finally:

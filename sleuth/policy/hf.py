@@ -182,6 +182,7 @@ class HFPolicy:
         self.engine, self.precision = engine, precision
         self._decoder: DecodeEngine | None = None
         self._llama: dict[str, Any] = {}        # llama.cpp engines by weight type
+        self.llama_slot_ctx = 2048                # positions per row in the llama engine (prompt + new tokens)
         self.gguf_template: Path | None = None   # metadata for the llama engine's GGUF (default: embedded model)
 
     # ---------------------------------------------------------------- loading / saving
@@ -378,6 +379,7 @@ class HFPolicy:
         if eng is None:
             template = self.gguf_template or paths.embedded_policy_gguf()
             eng = self._llama[weight_type] = LlamaCppEngine(self.model, template, weight_type=weight_type,
+                                                            slot_ctx=self.llama_slot_ctx,
                                                             threads=torch.get_num_threads())
         else:
             eng.refresh(self.model)

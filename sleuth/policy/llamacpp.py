@@ -17,8 +17,9 @@ importance weights, ``rl.tis_cap``).
 KV cache: llama.cpp keeps one sequence per batch row ("slot") in a unified cache. A new prompt continues the
 slot holding its longest common prefix (an agent step's prompt extends the previous step's row), copies that
 prefix from another slot (rows of a group share their system prompt and question), or is prefilled; a batch's
-common prefix is prefilled once and shared. Only the new tokens of a step are run. Idle rows stay until their
-cells are needed (least recently used first); flash attention skips the cells of other rows cheaply.
+common prefix is prefilled once and copied. Only the new tokens of a step are run. Each slot is its own KV stream
+of ``slot_ctx`` positions (a row never attends over other rows' cells); idle rows stay until their slot is given
+to a new row, least recently used first.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class LlamaCppEngine:
     """Batched decoding of one set of weights in llama.cpp, with per-row KV slots kept between calls."""
 
     def __init__(self, model: Any, template: str | os.PathLike, weight_type: str = "f32",
-                 n_ctx: int = 32768, n_slots: int = 64, n_batch: int = 2048, threads: int | None = None):
+                 n_slots: int = 32, slot_ctx: int = 2048, n_batch: int = 2048, threads: int | None = None):
         try:
             import llama_cpp as lib
         except ImportError as e:
@@ -168,7 +169,7 @@ class LlamaCppEngine:
         self.lib = lib
         self.weight_type = weight_type
         self.template = Path(template)
-        self.n_ctx, self.n_slots, self.n_batch = n_ctx, n_slots, n_batch
+        self.n_slots, self.slot_ctx, self.n_batch = n_slots, slot_ctx, n_batch
         self.threads = threads or torch.get_num_threads()
         self.vocab = int(_base(model).config.vocab_size)
         self.key: object = None
@@ -177,7 +178,7 @@ class LlamaCppEngine:
         self.export_seconds = 0.0         # total time spent writing and loading weights, over ``loads`` loads
         self.prefilled = 0                # prompt tokens run through the model
         self.reused = 0                   # prompt tokens whose KV was already in a slot
-        self._used_at = [0] * n_slots     # call counter when each slot was last used (evict the oldest)
+        self._used_at = [0] * n_slots     # call counter when each slot was last used (reassign the oldest)
         self._calls = 0
         self.loads = 0
         _quiet(lib)
@@ -201,18 +202,22 @@ class LlamaCppEngine:
         if not self._model:
             raise RuntimeError(f"llama.cpp could not load the exported weights ({self.weight_type})")
         cp = lib.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch = self.n_ctx, self.n_batch, min(self.n_batch, 512)
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = self.n_slots * self.slot_ctx, self.n_batch, min(self.n_batch, 512)
         cp.n_seq_max = self.n_slots
         cp.n_threads = cp.n_threads_batch = self.threads
         # Flash attention over a float16 KV cache: twice the decode speed of the float32 cache here (llama.cpp
         # has no fast CPU path for float32 keys); the rounding is part of the measured gap to the trainer.
         cp.flash_attn_type = 1            # LLAMA_FLASH_ATTN_TYPE_ENABLED
         cp.type_k = cp.type_v = 1         # GGML_TYPE_F16
-        cp.kv_unified = True              # one pool of cells; a shared prefix is stored once for many rows
+        # One KV stream per slot: a query attends over its own row's cells only. (A unified pool shares a prefix's
+        # cells between rows, but every query then scans every row's cells: with 32 agent rows of ~1,000 tokens
+        # that made rollouts slower than PyTorch's.)
+        cp.kv_unified = False
         cp.no_perf = True
         self._ctx = lib.llama_init_from_model(self._model, cp)
         if not self._ctx:
-            raise RuntimeError(f"llama.cpp could not create a context (n_ctx={self.n_ctx}, slots={self.n_slots})")
+            raise RuntimeError(f"llama.cpp could not create a context ({self.n_slots} slots × {self.slot_ctx} "
+                               "positions)")
         self._mem = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self.slots = [[] for _ in range(self.n_slots)]
@@ -290,8 +295,9 @@ class LlamaCppEngine:
             if dest[i] != src:
                 self._clear(dest[i])
                 if kept > 0:
-                    lib.llama_memory_seq_cp(self._mem, src, dest[i], 0, kept)
-                    self.slots[dest[i]] = self.slots[src][:kept]
+                    # Streams are copied whole (llama.cpp copies no part of one into another); trimmed below.
+                    lib.llama_memory_seq_cp(self._mem, src, dest[i], -1, -1)
+                    self.slots[dest[i]] = self.slots[src]
         kept_out = []
         for i in range(n):
             kept = min(best[i][0], len(self.slots[dest[i]]))
@@ -328,9 +334,7 @@ class LlamaCppEngine:
             if b.n_tokens:
                 rc = lib.llama_decode(self._ctx, b)
                 if rc != 0:
-                    raise RuntimeError(
-                        f"llama_decode returned {rc}: no room left in the KV cache (n_ctx={self.n_ctx} tokens "
-                        f"over {self.n_slots} rows) — raise the engine's n_ctx or run fewer rows at once")
+                    raise RuntimeError(f"llama_decode returned {rc} (KV slots of {self.slot_ctx} positions)")
             for k, w in wanted:
                 ptr = lib.llama_get_logits_ith(self._ctx, k)
                 out[w] = np.ctypeslib.as_array(ptr, shape=(self.vocab,)).copy()
@@ -355,12 +359,16 @@ class LlamaCppEngine:
                 self.generate([prompts[i] for i in idx], budget, sample,
                               lambda rows, t, lp, idx=idx: accept([idx[r] for r in rows], t, lp), reuse)
             return
+        longest = max(len(p) for p in prompts)
+        if longest >= self.slot_ctx:
+            raise ValueError(f"a prompt of {longest} tokens does not fit the llama engine's KV slots of "
+                             f"{self.slot_ctx} positions (HFPolicy.llama_slot_ctx)")
+        budget = min(budget, self.slot_ctx - longest)
         dest, kept = self.assign(prompts)
         for s in dest:
             self._used_at[s] = self._calls
         self.reused += sum(kept)
         self.prefilled += sum(len(p) - k for p, k in zip(prompts, kept))
-        self._make_room(set(dest), sum(len(p) - k for p, k in zip(prompts, kept)) + len(prompts) * budget)
         logits = self._decode([(s, p[k:], True) for s, p, k in zip(dest, prompts, kept)])
         rows = list(range(len(prompts)))
         for _ in range(budget):
@@ -371,14 +379,3 @@ class LlamaCppEngine:
                 return
             rows = [rows[b] for b in keep]
             logits = self._decode([(dest[r], [tok_l[b]], True) for b, r in zip(keep, rows)])
-
-    def _make_room(self, busy: set[int], need: int) -> None:
-        """Free the KV of idle slots, least recently used first, until ``need`` more cells fit (counting a
-        shared prefix once per slot, so this errs on the side of freeing)."""
-        used = sum(len(t) for t in self.slots)
-        for s in sorted(range(self.n_slots), key=lambda s: self._used_at[s]):
-            if used + need <= self.n_ctx:
-                return
-            if s not in busy and self.slots[s]:
-                used -= len(self.slots[s])
-                self._clear(s)

@@ -24,7 +24,7 @@ import typer  # noqa: E402
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
                   help="sleuth — research agents trained end-to-end with reinforcement learning.")
 
-COMMANDS = ["index", "search", "ask", "eval", "synth", "train", "serve_openai", "serve", "mcp", "report", "serve_search"]
+COMMANDS = ["index", "search", "ask", "eval", "synth", "train", "serve_openai", "serve", "mcp", "report", "serve_search", "export_gguf"]
 
 for _name in COMMANDS:
     try:

@@ -210,3 +210,34 @@ def test_llama_engine_runs_more_rows_than_it_has_slots(policy, prompts):
     finally:
         policy.engine = "hf"
     assert len(prompts) > 2 and turns == full
+
+
+@needs_llama
+@pytest.mark.slow
+def test_export_gguf_command_writes_the_trained_policy_llama_cpp_runs(policy, tmp_path):
+    """`sleuth export-gguf` writes the shipped agent (its LoRA adapter merged) as GGUF; llama.cpp loads that file
+    and its next-token distribution after an agent prompt is the policy's."""
+    import llama_cpp
+    from typer.testing import CliRunner
+
+    from sleuth.cli import app
+    from sleuth.policy.loader import load_policy
+
+    out = tmp_path / "agent.gguf"
+    res = CliRunner().invoke(app, ["export-gguf", str(out), "--type", "f32"])
+    assert res.exit_code == 0, res.output
+    assert "sleuth-135m-rl" in res.output and out.stat().st_size > 400e6
+    bad = CliRunner().invoke(app, ["export-gguf", str(tmp_path / "x.bin")])
+    assert bad.exit_code == 2 and "gguf" in bad.output
+
+    shipped = load_policy(None)
+    ids = list(shipped.tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}],
+                                                     add_generation_prompt=True, tokenize=True)["input_ids"])
+    with torch.no_grad():
+        want = torch.log_softmax(shipped.model(input_ids=torch.tensor([ids])).logits[0, -1].float(), -1)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=512, n_threads=1, logits_all=True, verbose=False)
+    llm.eval(ids)
+    got = torch.log_softmax(torch.tensor(np.asarray(llm.scores[len(ids) - 1]), dtype=torch.float32), -1)
+    assert int(got.argmax()) == int(want.argmax())
+    top = want.topk(20).indices
+    assert (got[top] - want[top]).abs().max() < 0.05

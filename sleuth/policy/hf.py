@@ -231,6 +231,8 @@ class HFPolicy:
         meta = _read_version(Path(model_dir))
         policy = cls(model, tok, name=name, version=int(meta.get("version", 0)))
         policy.agent_settings = dict(meta.get("agent") or {})
+        if gguf_file:
+            policy.gguf_template = Path(model_dir) / gguf_file   # its own metadata for a GGUF written back
         return policy
 
     def save(self, directory: str | os.PathLike) -> Path:

@@ -1,20 +1,22 @@
 """Rollouts through llama.cpp: the policy's current weights written to GGUF, sampled in one batch by llama.cpp.
 
-Why: decoding the 135M policy on a CPU is bound by its matrix products; transformers and sleuth's own static
-engine run them through PyTorch's float32 kernels at ~40 tokens/s for a batch of 16 here, while llama.cpp's
-kernels (tinyBLAS for batched products, quantised dot products) run the same model several times faster
-(``benchmarks/rollout_throughput.py``). llama.cpp computes the logits; sleuth samples from them itself
-(``HFPolicy._sample``), so the recorded log-probs are exactly the distribution each token was drawn from.
+Why: llama.cpp's kernels (tinyBLAS for batched products, quantised dot products) are where CPU inference is
+fastest on many machines. On this project's 2-core AVX2 CPU (no VNNI) they measured no faster than PyTorch's
+float32 for the 135M policy — both are bound by arithmetic (``benchmarks/rollout_throughput.py``,
+``benchmarks/rl_iteration.py``; README *Speed: rollout and update*) — so this engine is an option, not the default.
+What it keeps everywhere: with float32 weights its log-probs are within ~1e-2 of the trainer's. llama.cpp computes
+the logits; sleuth samples from them itself (``HFPolicy._sample``), so the recorded log-probs are exactly the
+distribution each token was drawn from.
 
 Weights: whenever the trainer's weights change (``kvcache.weights_key``) the effective weights (a LoRA adapter
 merged in) are written to a GGUF file — the tokenizer and hyper-parameters copied from the embedded model's
-GGUF, the matrices in ``weight_type`` — and loaded into llama.cpp (about a second for 135M parameters), so every
+GGUF, the matrices in ``weight_type`` — and loaded into llama.cpp (3–8 s for 135M parameters), so every
 rollout samples from the weights the next update starts from. ``"f32"`` keeps the trainer's weights exactly
-(the logits differ from the trainer's only by the order of float sums); ``"q8_0"`` rounds them to 8 bits per
-weight in blocks of 32 (faster, a slightly different policy: the update corrects the gap with truncated
+(its logits differ from the trainer's by the order of float sums and the float16 KV cache); ``"q8_0"`` rounds them
+to 8 bits per weight in blocks of 32 (a slightly different policy: the update corrects the gap with truncated
 importance weights, ``rl.tis_cap``).
 
-KV cache: llama.cpp keeps one sequence per batch row ("slot") in a unified cache. A new prompt continues the
+KV cache: llama.cpp keeps one sequence per batch row ("slot"). A new prompt continues the
 slot holding its longest common prefix (an agent step's prompt extends the previous step's row), copies that
 prefix from another slot (rows of a group share their system prompt and question), or is prefilled; a batch's
 common prefix is prefilled once and copied. Only the new tokens of a step are run. Each slot is its own KV stream
@@ -310,9 +312,18 @@ class LlamaCppEngine:
     def _decode(self, work: list[tuple[int, list[int], bool]]) -> list[np.ndarray | None]:
         """Run each (slot, new tokens, want the last token's logits) in as few llama_decode calls as the batch
         allows, appending to the slots. Returns, per work item, its last-token logits (None if not wanted)."""
-        lib, b = self.lib, self._batch
         out: list[np.ndarray | None] = [None] * len(work)
-        queue = [(w, s, toks, want) for w, (s, toks, want) in enumerate(work) if toks]
+        items = [(w, s, toks, want) for w, (s, toks, want) in enumerate(work) if toks]
+        # Rows adding one token each (decode steps) run together; a row adding several runs alone. (With one KV
+        # stream per row llama.cpp splits a batch into micro-batches holding equally many tokens of every row:
+        # rows of unequal length would go through in many small, slow pieces.)
+        groups = [[it for it in items if len(it[2]) == 1]] + [[it] for it in items if len(it[2]) > 1]
+        for queue in groups:
+            self._run(queue, out)
+        return out
+
+    def _run(self, queue: list[tuple[int, int, list[int], bool]], out: list[np.ndarray | None]) -> None:
+        lib, b = self.lib, self._batch
         while queue:
             b.n_tokens = 0
             wanted: list[tuple[int, int]] = []    # (batch index of a row's last token, work index)
@@ -339,7 +350,6 @@ class LlamaCppEngine:
                 ptr = lib.llama_get_logits_ith(self._ctx, k)
                 out[w] = np.ctypeslib.as_array(ptr, shape=(self.vocab,)).copy()
             queue = rest
-        return out
 
     def generate(self, prompts: list[list[int]], budget: int,
                  sample: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],

@@ -1,9 +1,10 @@
 """Rollouts through llama.cpp: the policy's current weights written to GGUF, sampled in one batch by llama.cpp.
 
 Why: llama.cpp's kernels (tinyBLAS for batched products, quantised dot products) are where CPU inference is
-fastest on many machines. On this project's 2-core AVX2 CPU (no VNNI) they measured no faster than PyTorch's
-float32 for the 135M policy — both are bound by arithmetic (``benchmarks/rollout_throughput.py``,
-``benchmarks/rl_iteration.py``; README *Speed: rollout and update*) — so this engine is an option, not the default.
+fastest on many machines. On this project's 2-core AVX2 CPU (no VNNI) both they and PyTorch's float32 are bound
+by arithmetic for the 135M policy: research-stage rollouts ran 1.36× faster than transformers' forward, short
+batches no faster (``benchmarks/rl_iteration.py``, ``benchmarks/rollout_throughput.py``; README *Speed: rollout
+and update*) — so this engine is an option, not the default.
 What it keeps everywhere: with float32 weights its log-probs are within ~1e-2 of the trainer's. llama.cpp computes
 the logits; sleuth samples from them itself (``HFPolicy._sample``), so the recorded log-probs are exactly the
 distribution each token was drawn from.

@@ -117,3 +117,32 @@ def run_async(fn, *args):
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(anyio.run, fn, *args).result()
+
+
+def agent_steps(policy, prompts, obs_tokens, steps=3):
+    """Greedy multi-step continuation as the agent does it: prompt + generated ids + an observation."""
+    from sleuth.policy.base import SamplingParams
+
+    seqs, out = [list(p) for p in prompts], []
+    for step in range(steps):
+        live = seqs if step % 2 == 0 else seqs[:2]   # ragged: not every row continues every step
+        gens = policy.generate(live, SamplingParams(max_new_tokens=12, temperature=0))
+        for i, g in enumerate(gens):
+            out.append((g.token_ids, g.logprobs))
+            live[i] += g.token_ids + obs_tokens * (i + 1)
+    return out
+
+
+def sampled_gap(policy, prompts, engine: str, precision: str, tokens: int):
+    """Sample at T = 0.7 with a decode engine, then the gap |trainer log-prob − recorded log-prob| on every
+    sampled token (the trainer's from the reference forward). Returns (generations, gaps)."""
+    from sleuth.policy.base import SamplingParams
+
+    saved = policy.engine, policy.precision
+    try:
+        policy.engine, policy.precision = engine, precision
+        gens = policy.generate(prompts, SamplingParams(max_new_tokens=tokens, temperature=0.7))
+    finally:
+        policy.engine, policy.precision = saved
+    ref = policy.logprobs([p + g.token_ids for p, g in zip(prompts, gens)], temperature=0.7)
+    return gens, [abs(r - e) for p, g, lp in zip(prompts, gens, ref) for r, e in zip(lp[len(p) - 1:], g.logprobs)]

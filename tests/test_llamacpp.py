@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import agent_steps, sampled_gap
 
 from sleuth import paths
 from sleuth.policy import llamacpp
@@ -71,18 +72,6 @@ def test_engine_without_llama_cpp_says_how_to_install(monkeypatch):
         llamacpp.LlamaCppEngine(None, paths.embedded_policy_gguf())
 
 
-def _steps(policy, prompts, obs, steps=3, tokens=12):
-    """Greedy agent steps: each step's prompt is the previous prompt + generated ids + an observation."""
-    seqs, out = [list(p) for p in prompts], []
-    for step in range(steps):
-        live = seqs if step % 2 == 0 else seqs[:2]      # ragged: not every row continues every step
-        gens = policy.generate(live, SamplingParams(max_new_tokens=tokens, temperature=0))
-        for i, g in enumerate(gens):
-            out.append((g.token_ids, g.logprobs))
-            live[i] += g.token_ids + obs * (i + 1)
-    return out
-
-
 def _compare(ref, got, min_same: float = 0.8, tol: float = 0.05):
     same = [a[0] == b[0] for a, b in zip(ref, got)]
     assert sum(same) >= min_same * len(same), f"greedy rows identical: {sum(same)}/{len(same)}"
@@ -97,7 +86,7 @@ def test_llama_engine_agent_steps_match_the_reference_and_reuse_the_kv(policy, p
     another summation order move log-probs by ~1e-2 at most); continuing rows run only their new tokens."""
     obs = policy.tokenizer.encode("\nObservation: [1] a search result about the question.\n")
     policy.engine, policy.precision = "hf", "fp32"
-    ref = _steps(policy, prompts, obs)
+    ref = agent_steps(policy, prompts, obs)
     policy.engine = "llama"
     eng = policy.llama_engine()
     seen: list[int] = []
@@ -108,7 +97,7 @@ def test_llama_engine_agent_steps_match_the_reference_and_reuse_the_kv(policy, p
         seen.append(eng.prefilled)
     eng.generate = counting
     try:
-        got = _steps(policy, prompts, obs)
+        got = agent_steps(policy, prompts, obs)
     finally:
         del eng.generate
     _compare(ref, got)
@@ -121,7 +110,7 @@ def test_llama_engine_agent_steps_match_the_reference_and_reuse_the_kv(policy, p
     fresh = policy.prefix_cache
     try:
         policy.prefix_cache = None                       # no reuse across calls: the same tokens
-        again = _steps(policy, prompts, obs)
+        again = agent_steps(policy, prompts, obs)
     finally:
         policy.prefix_cache = fresh
     assert [a[0] for a in again] == [g[0] for g in got]
@@ -176,14 +165,8 @@ def test_llama_q8_samples_its_own_policy(policy, prompts):
     one per token) and differ measurably from the trainer's, which RunConfig makes training correct."""
     from sleuth.rl.train import load_run_config
 
-    policy.engine, policy.precision = "llama", "int8"
-    try:
-        torch.manual_seed(0)
-        gens = policy.generate(prompts, SamplingParams(max_new_tokens=12, temperature=0.7))
-    finally:
-        policy.engine, policy.precision = "hf", "fp32"
-    ref = policy.logprobs([p + g.token_ids for p, g in zip(prompts, gens)], temperature=0.7)
-    gap = [abs(r - e) for p, g, lp in zip(prompts, gens, ref) for r, e in zip(lp[len(p) - 1:], g.logprobs)]
+    torch.manual_seed(0)
+    gens, gap = sampled_gap(policy, prompts, "llama", "int8", tokens=12)
     assert all(v <= 0 for g in gens for v in g.logprobs) and len(gap) == sum(len(g.token_ids) for g in gens)
     assert 1e-4 < max(gap) < 20
     with pytest.raises(ValueError, match="tis_cap"):

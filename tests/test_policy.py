@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+from conftest import agent_steps, sampled_gap
 from replay_servers import api_error, completion
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -158,18 +159,6 @@ def test_tiny_top_p_is_greedy(policy, prompts, greedy):
     assert [g.token_ids for g in gens] == [g.token_ids[:10] for g in greedy[:2]]
 
 
-def _agent_steps(policy, prompts, obs_tokens, steps=3):
-    """Greedy multi-step continuation as the agent does it: prompt + generated ids + an observation."""
-    seqs, out = [list(p) for p in prompts], []
-    for step in range(steps):
-        live = seqs if step % 2 == 0 else seqs[:2]   # ragged: not every row continues every step
-        gens = policy.generate(live, SamplingParams(max_new_tokens=12, temperature=0))
-        for i, g in enumerate(gens):
-            out.append((g.token_ids, g.logprobs))
-            live[i] += g.token_ids + obs_tokens * (i + 1)
-    return out
-
-
 @pytest.mark.slow
 def test_prefix_cache_continuations_equal_full_prefill(policy, prompts):
     from sleuth.policy.kvcache import PrefixCache
@@ -178,9 +167,9 @@ def test_prefix_cache_continuations_equal_full_prefill(policy, prompts):
     saved = policy.prefix_cache
     try:
         policy.prefix_cache = None
-        ref = _agent_steps(policy, prompts, obs)
+        ref = agent_steps(policy, prompts, obs)
         policy.prefix_cache = PrefixCache()
-        got = _agent_steps(policy, prompts, obs)
+        got = agent_steps(policy, prompts, obs)
         pc = policy.prefix_cache
     finally:
         policy.prefix_cache = saved
@@ -405,7 +394,7 @@ def test_static_engine_equals_the_reference_engine(policy, prompts):
     try:
         for engine in ("hf", "static"):
             policy.engine, policy.prefix_cache = engine, PrefixCache()
-            runs[engine] = _agent_steps(policy, prompts, obs)
+            runs[engine] = agent_steps(policy, prompts, obs)
             assert (policy.decode_engine() is not None) == (engine == "static")
     finally:
         policy.prefix_cache, policy.engine = saved
@@ -420,14 +409,7 @@ def test_int8_engine_samples_its_own_policy(policy, prompts):
     from the trainer's by a measurable gap that training must correct (RunConfig demands tis_cap)."""
     from sleuth.rl.train import load_run_config
 
-    saved = policy.engine, policy.precision
-    try:
-        policy.engine, policy.precision = "static", "int8"
-        gens = policy.generate(prompts[:2], SamplingParams(max_new_tokens=8, temperature=0.7))
-    finally:
-        policy.engine, policy.precision = saved
-    ref = policy.logprobs([p + g.token_ids for p, g in zip(prompts, gens)], temperature=0.7)
-    gap = [abs(r - e) for p, g, lp in zip(prompts, gens, ref) for r, e in zip(lp[len(p) - 1:], g.logprobs)]
+    gens, gap = sampled_gap(policy, prompts[:2], "static", "int8", tokens=8)
     assert all(v <= 0 for g in gens for v in g.logprobs) and len(gap) == sum(len(g.token_ids) for g in gens)
     assert 1e-4 < max(gap) < 20
     with pytest.raises(ValueError, match="tis_cap"):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 import os
 import tempfile
 import time
@@ -41,8 +40,6 @@ import torch
 
 from sleuth.policy.engine import _weight
 from sleuth.policy.kvcache import weights_key
-
-log = logging.getLogger(__name__)
 
 WEIGHT_TYPES = ("f32", "f16", "q8_0")
 INSTALL_HINT = ("the llama.cpp rollout engine needs llama-cpp-python: "

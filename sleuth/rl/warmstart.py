@@ -83,7 +83,8 @@ class ScriptedActor:
 
     It tells its trajectories apart by the question in the prompt (its first occurrence) and counts the
     observations after it to know the step; its tokens are the tokenizer's encoding of the action text (what the
-    policy is then trained to write). Log-probs are not known (0.0): demonstrations are never trained on as samples of the policy."""
+    policy is then trained to write). Log-probs are not known (0.0): demonstrations are never trained on as
+    samples of the policy."""
 
     name = "scripted-demonstrations"
 

@@ -96,7 +96,13 @@ def test_each_engine_finds_the_right_passage(home, jsonl, kind, queries):
     assert single[0].passage_id == queries[0][1] and len(single) <= 2
 
 
-def test_flat_knn_matches_faiss(home, jsonl):
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_flat_knn_matches_faiss(home, jsonl, monkeypatch, blocks):
+    """The exact product, in one block or split across worker threads (blocks of 2 rows here), ranks as
+    faiss does."""
+    if blocks > 1:
+        monkeypatch.setattr(dense_mod, "_BLOCK_MIN_ROWS", 2)
+        monkeypatch.setenv("SLEUTH_THREADS", str(blocks))
     build_index(jsonl, name="knn", progress=False)
     eng = open_index("knn").engine("dense")
     q = eng.encode([q for q, _ in DENSE_QUERIES])

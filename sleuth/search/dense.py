@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,6 +27,7 @@ from sleuth.search.lexical import Ranked, batch_responses, to_results
 from sleuth.search.embedders import (MODEL_NAME, Embedder, get_embedder, passage_text,  # noqa: F401
                                      load_sentence_transformer as load_embedder, st_dim as embedding_dim,
                                      st_embed as embed, st_encode as encode_queries)
+from sleuth.search.embedders import _threads as threads
 
 log = logging.getLogger(__name__)
 
@@ -140,20 +143,20 @@ class DenseEngine(SearchEngine):
     def knn(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, rows), each (len(q), k), best first.
 
-        For an exact flat index one matrix product over the index's own vectors (a numpy view, no
-        copy) is used: faiss scans small query batches one query at a time, which measured 2x slower
-        here (8 queries x 28k passages: 36 ms vs 16 ms on a busy 2-core machine). Same results.
+        For an exact flat index a matrix product over the index's own vectors (a numpy view, no copy) is
+        used: faiss scans small query batches one query at a time, which measured 2x slower here (8 queries
+        x 28k passages: 36 ms vs 16 ms on a busy 2-core machine). Same results.
 
-        The product runs on one BLAS thread: it streams the whole matrix once (memory-bound, ~12 ms for 28k
-        vectors on 2 idle cores either way), and a second BLAS thread busy-waits after it, taking the core the
-        query encoder, BM25 and snippets need: a cold 8-query hybrid batch on the 28k index measured 70 ms p50
-        and 135 ms of CPU before, 62 ms and 88 ms after (benchmarks/results/embedding_full.json,
-        embedding_latency.json).
+        The product streams the whole matrix once and is bound by memory bandwidth, which one core does not
+        saturate: it is split into row blocks computed by one Python thread per core, each on one BLAS thread
+        (``passages @ queries.T`` per block: 8.4 ms for 28k x 384 on one core against 12 ms for
+        ``queries @ passages.T``; two blocks ~5.7 ms). Not BLAS's own threads: OpenBLAS workers busy-wait after
+        the call, on the core the query encoder, BM25 and snippets need (a cold 8-query hybrid batch measured
+        70 ms p50 with them, 62 ms on one BLAS thread; benchmarks/results/embedding_latency*.json).
         """
         if self._flat is None:
             return self.index.search(q, k)
-        with _one_blas_thread():
-            sims = q @ self._flat.T
+        sims = _blocked_product(self._flat, q)   # (len(q), n)
         if k < sims.shape[1]:
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         else:
@@ -170,6 +173,33 @@ class DenseEngine(SearchEngine):
 
 
 _BLAS = None
+_PRODUCT_POOL: ThreadPoolExecutor | None = None
+_BLOCK_MIN_ROWS = 8192
+"""Below this many rows per block a thread hand-off costs more than the block's product."""
+
+
+def _blocked_product(vectors: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``q @ vectors.T`` as (len(q), n) float32, computed as ``vectors[block] @ q.T`` over row blocks, one
+    per worker thread (SLEUTH_THREADS or the CPU count), all on one BLAS thread (see DenseEngine.knn)."""
+    global _PRODUCT_POOL
+    n = len(vectors)
+    workers = max(1, min(threads() or os.cpu_count() or 1, n // _BLOCK_MIN_ROWS))
+    out = np.empty((n, len(q)), dtype=np.float32)
+    qt = np.ascontiguousarray(q.T, dtype=np.float32)
+    bounds = np.linspace(0, n, workers + 1).astype(int)
+
+    def block(i: int) -> None:
+        a, b = bounds[i], bounds[i + 1]
+        np.matmul(vectors[a:b], qt, out=out[a:b])
+
+    with _one_blas_thread():   # OpenBLAS's thread count is process-wide: set once, around every block
+        if workers == 1:
+            block(0)
+        else:
+            if _PRODUCT_POOL is None:
+                _PRODUCT_POOL = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="dense-knn")
+            list(_PRODUCT_POOL.map(block, range(workers)))
+    return np.ascontiguousarray(out.T)
 
 
 def _one_blas_thread():

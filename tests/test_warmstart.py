@@ -107,3 +107,28 @@ def test_config_rejects_bad_values():
     with pytest.raises(ValueError, match="max_demos"):
         WarmStartConfig(tasks=["x"], max_demos=0)
     assert WarmStartConfig(tasks="a.jsonl").tasks == ["a.jsonl"]
+
+
+def test_paths_found_on_the_index_for_questions_with_supporting_titles(env, smol_tokenizer):
+    """Dev-style questions (supporting titles, no path): one search when its results show the answer, else a
+    second search for a supporting title the first results name and whose results show it; unreachable
+    questions and comparisons are dropped; tasks with a path or without titles pass unchanged."""
+    from sleuth.rl.warmstart import find_paths
+
+    one = Task("d1", "How high does Mont Blanc rise?", ["4,806 metres"], "dev-nq",
+               {"supporting_titles": ["Mont Blanc"]})
+    two = Task("d2", "When was the author of Pride and Prejudice born?", ["16 December 1775"], "dev-hotpotqa",
+               {"supporting_titles": ["Pride and Prejudice", "Jane Austen"]})
+    unreachable = Task("d3", "Which river flows through Steventon?", ["River Test"], "dev-hotpotqa",
+                       {"supporting_titles": ["Steventon"]})
+    comparison = Task("d4", "Which is higher, Mont Blanc or Steventon?", ["Mont Blanc"], "dev-2wiki",
+                      {"supporting_titles": ["Mont Blanc", "Steventon"]})
+    out = find_paths([BRIDGE, one, two, unreachable, comparison, LOOKUP], env.search_engine, 2, log=lambda s: None)
+    paths = {t.id: t.metadata.get("search_path") for t in out}
+    assert paths == {"b1": ["Pride and Prejudice", "Jane Austen"], "d1": [one.question],
+                     "d2": [two.question, "Jane Austen"], "l1": None}
+    assert "search_path" not in two.metadata          # the caller's tasks are not changed
+    demos, stats = _demonstrate([t for t in out if t.id == "d2"], env, smol_tokenizer, max_demos=1, bridge_share=1)
+    actions = [m["content"] for m in demos[0].messages if m["role"] == "assistant" and "step" in m]
+    assert actions == [f"<search>{two.question}</search>", "<search>Jane Austen</search>",
+                       "<answer>16 December 1775</answer>"] and demos[0].judgement.correct

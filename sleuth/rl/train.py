@@ -245,10 +245,12 @@ def warm_start(cfg: RunConfig, trainer, judge, env, out: Path, log: Callable[[st
     """Demonstrations on the warm-start tasks (holdout and validation removed, as for RL), run with the
     rollouts' tools ``env``, cloned into the trainer's weights; statistics and per-step losses to
     ``warm_start.json``. Checkpointed by the caller as iteration 0, so a resumed run never repeats it."""
-    from sleuth.rl.warmstart import clone, demonstrate
+    from sleuth.rl.warmstart import clone, demonstrate, find_paths
 
     ws = cfg.warm_start
     tasks, _ = split_tasks(dataclasses.replace(cfg, tasks=list(ws.tasks)))
+    if ws.supporting_paths:
+        tasks = find_paths(tasks, env.search_engine, cfg.search_k, log)
     _, acfg = agent_setup(cfg, 0.0, env=env)
     demos, stats = demonstrate(tasks, trainer.tokenizer, env, acfg, judge, cfg.rl.reward, ws, log)
     if not demos:

@@ -12,7 +12,10 @@ through the real agent loop, tools and index —
 * a bridge (its record carries ``search_path``: the hops stage checked on the real index that searching the
   question does not show the answer, that its first results name the hidden entity and that searching the entity
   shows the answer): search the question, search the entity, answer;
-* a lookup (no path): search the question, answer.
+* a lookup (no path): search the question, answer;
+* with ``supporting_paths``, a question that names its supporting articles (the dev questions) but no path: the
+  path is found on the run's index (``find_paths``) — the question alone when its results show the answer, else
+  the question, then a supporting article's title that those results name and whose own results show the answer.
 
 The answer is the gold alias as it appears in what the agent was shown. Each demonstration is judged by the
 run's real judge with its reward settings (evidence required), and only correct ones are kept: a path that did
@@ -53,6 +56,9 @@ class WarmStartConfig:
     """Demonstrations per optimizer step."""
     lr: float = 2e-4
     """AdamW learning rate of the warm start."""
+    supporting_paths: bool = False
+    """Demonstrate open questions that carry supporting article titles but no search path (the dev questions)
+    along a path found on the index (``find_paths``); without it such a task is demonstrated as a lookup."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +81,49 @@ def plan(task: Task) -> list[str] | None:
     if not isinstance(path, list) or not path or not all(isinstance(q, str) and q.strip() for q in path):
         return None
     return [q.strip() for q in path]
+
+
+def find_paths(tasks: list[Task], engine: Any, k: int, log: Callable[[str], None] = print) -> list[Task]:
+    """Tasks with supporting titles and no search path get one found on ``engine`` (top ``k`` results, what the
+    agent is shown): ``[question]`` when searching the question shows a gold answer, else ``[question, title]``
+    for the first supporting title that those results name (so the policy learns to search an entity it was
+    shown, never one it could not know) and whose own results show the answer. Such tasks with no path are
+    dropped, and so is every task without a path that asks to pick between named options or for yes/no (the results can show such an
+    answer without the comparison being made); the others pass unchanged (lookups). The replay's judge checks
+    every path again."""
+    from ..search.base import shown_by_search
+    from ..tasks.task import question_kind
+
+    def needs(t: Task) -> bool:
+        return "search_path" not in t.metadata and bool(t.metadata.get("supporting_titles"))
+
+    tasks = [t for t in tasks if "search_path" in t.metadata or question_kind(t) == "open"]
+    todo = [t for t in tasks if needs(t)]
+    if not todo:
+        return tasks
+    first = shown_by_search(engine, sorted({t.question for t in todo}), k)
+    titles = sorted({ti for t in todo if not mentions(first[t.question], t.answers)
+                     for ti in t.metadata["supporting_titles"] if mentions(first[t.question], [ti])})
+    second = shown_by_search(engine, titles, k) if titles else {}
+    found: dict[str, list[str]] = {}
+    for t in todo:
+        if mentions(first[t.question], t.answers):
+            found[t.id] = [t.question]
+            continue
+        hop = next((ti for ti in t.metadata["supporting_titles"]
+                    if ti in second and mentions(first[t.question], [ti]) and mentions(second[ti], t.answers)), None)
+        if hop is not None:
+            found[t.id] = [t.question, hop]
+    log(f"warm start: paths found on the index for {len(found)} of {len(todo)} open questions with supporting "
+        f"titles ({sum(len(p) > 1 for p in found.values())} with a second search)")
+    out = []
+    for t in tasks:
+        if not needs(t):
+            out.append(t)
+        elif t.id in found:
+            out.append(Task(t.id, t.question, list(t.answers), t.dataset,
+                            {**t.metadata, "search_path": found[t.id]}))
+    return out
 
 
 class ScriptedActor:

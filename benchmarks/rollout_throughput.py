@@ -78,10 +78,7 @@ def build_prompts(policy: HFPolicy, n: int) -> list[list[int]]:
 
 def mismatch(policy: HFPolicy, prompts: list[list[int]], gens, temperature: float) -> dict:
     """Δ = trainer log-prob − engine log-prob on every sampled token (reference forward, same temperature)."""
-    policy.engine = "hf"
-    ref = policy.logprobs([p + g.token_ids for p, g in zip(prompts, gens)], temperature=temperature)
-    d = torch.tensor([r - e for p, g, lp in zip(prompts, gens, ref)
-                      for r, e in zip(lp[len(p) - 1:], g.logprobs)], dtype=torch.float64)
+    d = torch.tensor(policy.logprob_gap(prompts, gens, temperature), dtype=torch.float64)
     ratio = d.exp()
     q = torch.tensor([0.01, 0.05, 0.5, 0.95, 0.99], dtype=torch.float64)
     return {"tokens": len(d), "mean_abs": float(d.abs().mean()), "max_abs": float(d.abs().max()),

@@ -144,5 +144,4 @@ def sampled_gap(policy, prompts, engine: str, precision: str, tokens: int):
         gens = policy.generate(prompts, SamplingParams(max_new_tokens=tokens, temperature=0.7))
     finally:
         policy.engine, policy.precision = saved
-    ref = policy.logprobs([p + g.token_ids for p, g in zip(prompts, gens)], temperature=0.7)
-    return gens, [abs(r - e) for p, g, lp in zip(prompts, gens, ref) for r, e in zip(lp[len(p) - 1:], g.logprobs)]
+    return gens, [abs(d) for d in policy.logprob_gap(prompts, gens, 0.7)]

@@ -379,11 +379,11 @@ class LlamaCppEngine:
         self.prefilled += sum(len(p) - k for p, k in zip(prompts, kept))
         logits = self._decode([(s, p[k:], True) for s, p, k in zip(dest, prompts, kept)])
         rows = list(range(len(prompts)))
-        for _ in range(budget):
+        for step in range(budget):
             tok, lp = sample(torch.from_numpy(np.stack(logits)))
             tok_l = tok.tolist()
             keep = accept(rows, tok_l, lp.tolist())
-            if not keep:
-                return
+            if not keep or step == budget - 1:   # the last token's logits would never be used: not decoded (its
+                return                           # slot records tokens up to the one before; a later call prefills it)
             rows = [rows[b] for b in keep]
             logits = self._decode([(dest[r], [tok_l[b]], True) for b, r in zip(keep, rows)])

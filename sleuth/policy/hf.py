@@ -531,7 +531,6 @@ class HFPolicy:
         return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
 
     # ---------------------------------------------------------------- scoring
-    @torch.inference_mode()
     def logprob_gap(self, prompts: list[list[int]], gens: list[Generation], temperature: float) -> list[float]:
         """trainer log-prob − recorded log-prob for every sampled token of ``gens`` (continuations of
         ``prompts``), the trainer's from a teacher-forced forward of these weights at ``temperature``: the gap
@@ -539,6 +538,7 @@ class HFPolicy:
         ref = self.logprobs([p + g.token_ids for p, g in zip(prompts, gens)], temperature=temperature)
         return [r - e for p, g, lp in zip(prompts, gens, ref) for r, e in zip(lp[len(p) - 1:], g.logprobs)]
 
+    @torch.inference_mode()
     def logprobs(self, sequences: list[list[int]], temperature: float = 1.0,
                  max_batch_tokens: int = 4096) -> list[list[float]]:
         """Teacher-forced log-probs: ``out[i][j] = log p(seq[j+1] | seq[:j+1])`` (len(seq) - 1 values).

@@ -88,9 +88,9 @@ def find_paths(tasks: list[Task], engine: Any, k: int, log: Callable[[str], None
     agent is shown): ``[question]`` when searching the question shows a gold answer, else ``[question, title]``
     for the first supporting title that those results name (so the policy learns to search an entity it was
     shown, never one it could not know) and whose own results show the answer. Such tasks with no path are
-    dropped, and so is every task without a path that asks to pick between named options or for yes/no (the results can show such an
-    answer without the comparison being made); the others pass unchanged (lookups). The replay's judge checks
-    every path again."""
+    dropped, and so is every task without a path that asks to pick between named options or for yes/no (the
+    results can show such an answer without the comparison being made); the others pass unchanged (lookups).
+    The replay's judge checks every path again."""
     from ..search.base import shown_by_search
     from ..tasks.task import question_kind
 
@@ -102,16 +102,13 @@ def find_paths(tasks: list[Task], engine: Any, k: int, log: Callable[[str], None
     if not todo:
         return tasks
     first = shown_by_search(engine, sorted({t.question for t in todo}), k)
-    titles = sorted({ti for t in todo if not mentions(first[t.question], t.answers)
-                     for ti in t.metadata["supporting_titles"] if mentions(first[t.question], [ti])})
+    found: dict[str, list[str]] = {t.id: [t.question] for t in todo if mentions(first[t.question], t.answers)}
+    named = {t.id: [ti for ti in t.metadata["supporting_titles"] if mentions(first[t.question], [ti])]
+             for t in todo if t.id not in found}   # titles the first results name, in the task's order
+    titles = sorted({ti for ts in named.values() for ti in ts})
     second = shown_by_search(engine, titles, k) if titles else {}
-    found: dict[str, list[str]] = {}
     for t in todo:
-        if mentions(first[t.question], t.answers):
-            found[t.id] = [t.question]
-            continue
-        hop = next((ti for ti in t.metadata["supporting_titles"]
-                    if ti in second and mentions(first[t.question], [ti]) and mentions(second[ti], t.answers)), None)
+        hop = next((ti for ti in named.get(t.id, []) if mentions(second[ti], t.answers)), None)
         if hop is not None:
             found[t.id] = [t.question, hop]
     log(f"warm start: paths found on the index for {len(found)} of {len(todo)} open questions with supporting "

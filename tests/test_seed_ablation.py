@@ -1,0 +1,66 @@
+"""The seed-ablation benchmark's own logic: the run configs it writes are the stage's config plus the variant's
+overrides (read back by the real config loader), and its interval for a difference between variants covers a
+known difference and excludes zero when the difference is large."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("rl_seed_ablation", ROOT / "benchmarks" / "rl_seed_ablation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_variant_config_round_trips_through_the_run_config_loader(ablation, tmp_path):
+    from sleuth.rl.train import load_run_config
+
+    base = tomllib.loads((ROOT / "configs" / "recipe" / "research.toml").read_text())
+    base.pop("warm_start")
+    label, over = ablation.parse_variant("gamma-decay off=rl.reward.gamma_decay=false, rl.lr=1e-5, prompt=short")
+    assert label == "gamma-decay off"
+    assert over == {"rl.reward.gamma_decay": False, "rl.lr": 1e-5, "prompt": "short"}
+    cfg = ablation.run_config(base, {**over, "rl.seed": 2})
+    text = ablation.dump_toml(cfg)
+    assert tomllib.loads(text) == cfg
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    run = load_run_config(path)
+    assert run.rl.reward.gamma_decay is False and run.rl.lr == 1e-5 and run.rl.seed == 2
+    assert run.prompt == "short" and run.rl.reward.gamma == 0.9       # untouched keys keep the stage's values
+    assert base["rl"]["reward"]["gamma_decay"] is True                 # the base is not modified
+    with pytest.raises(ValueError, match="key=value"):
+        ablation.parse_variant("x=rl.lr")
+
+
+def _runs(p_correct: float, seed: int, runs: int = 3, groups: int = 30, size: int = 8) -> list[list[dict]]:
+    rng = random.Random(seed)
+    out = []
+    for r in range(runs):
+        rows = []
+        for g in range(groups):
+            p = min(1.0, max(0.0, p_correct + rng.uniform(-0.2, 0.2)))   # questions differ in difficulty
+            for _ in range(size):
+                ok = rng.random() < p
+                rows.append({"iteration": 1, "group": (1, f"t{g}"), "kind": "bridge", "correct": ok,
+                             "steps": 3 if ok else 2, "searches": 2 if ok else 1})
+        out.append(rows)
+    return out
+
+
+def test_bootstrap_interval_separates_a_real_difference_and_not_noise(ablation):
+    low, high, same = _runs(0.2, 0), _runs(0.6, 1), _runs(0.2, 2)
+    lo, hi = ablation.bootstrap_diff(low, high, reps=400)["accuracy"]
+    assert 0.25 < lo < 0.4 < hi < 0.55
+    lo, hi = ablation.bootstrap_diff(low, same, reps=400)["accuracy"]
+    assert lo < 0 < hi

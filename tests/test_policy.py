@@ -220,6 +220,33 @@ def test_prefix_cache_is_dropped_when_weights_change(policy, prompts):
         policy.prefix_cache = saved
 
 
+@pytest.mark.slow
+def test_prefix_cache_is_dropped_when_the_engine_precision_changes(policy, prompts):
+    """KV that the int8 engine computed is another policy's: the fp32 path must not continue from it."""
+    from sleuth.policy.kvcache import PrefixCache
+
+    saved = policy.prefix_cache, policy.engine, policy.precision
+    greedy = SamplingParams(max_new_tokens=6, temperature=0)
+    try:
+        policy.prefix_cache = pc = PrefixCache()
+        ref = policy.generate(prompts[:2], greedy)                   # fp32, cache filled
+        again = [p + g.token_ids for p, g in zip(prompts[:2], ref)]
+        policy.engine, policy.precision = "static", "int8"
+        policy.generate(again, greedy)                               # int8 entries for the longer contexts
+        assert pc.hits == 0                                          # the fp32 entries were not used
+        policy.engine, policy.precision = "hf", "fp32"
+        hits = pc.hits
+        got = policy.generate(again, greedy)
+        assert pc.hits == hits                                       # nor the int8 ones now
+        policy.prefix_cache = None
+        fresh = policy.generate(again, greedy)
+    finally:
+        policy.prefix_cache, policy.engine, policy.precision = saved
+    for a, b in zip(got, fresh):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
 def test_prefix_cache_lookup_store_and_eviction():
     from sleuth.policy.kvcache import PrefixCache
 

@@ -319,7 +319,9 @@ class HFPolicy:
         pc = self.prefix_cache
         reuse = [(0, None)] * len(prompts)
         if pc is not None:
-            pc.validate(weights_key(self.model))
+            # KV is only valid for the weights AND the arithmetic that computed it: an int8 engine's entries
+            # reused by the fp32 path would make it sample (and record log-probs of) another policy.
+            pc.validate((weights_key(self.model), self.engine, self.precision))
             reuse = [pc.lookup(p) for p in prompts]
             n_reused = sum(n for n, _ in reuse)   # counted before this call's own bucketed prefill
             pc.hits += n_reused

@@ -47,7 +47,8 @@ class PrefixCache:
         self._bytes = 0
 
     def validate(self, weights_key: object) -> None:
-        """Drop everything if the weights changed since the entries were computed."""
+        """Drop everything if the weights (or the engine that computes with them) changed since the entries
+        were computed."""
         if weights_key != self._weights_key:
             self.clear()
             self._weights_key = weights_key

@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", help="overrides the config's model (the policy every run starts from)")
     ap.add_argument("--variant", action="append", required=True,
                     help='"label=dotted.key=value,..." (repeat; the first is the reference)')
+    ap.add_argument("--set", action="append", default=[],
+                    help="dotted.key=value for every run not yet finished (e.g. rl.micro_batch_size=2 to fit "
+                         "two trainings in memory; finished runs keep their config)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--iterations", type=int, default=8)
     ap.add_argument("--last", type=int, default=4, help="iterations compared (the last N of each run)")
@@ -310,14 +313,15 @@ def main(argv: list[str] | None = None) -> None:
         base["model"] = args.model
     seeds = [int(s) for s in args.seeds.split(",")]
     root = Path(args.root)
+    common = parse_variant("all=" + ",".join(args.set))[1] if args.set else {}
     variants: list[tuple[str, list[Path]]] = []
     for spec in args.variant:
         label, over = parse_variant(spec)
         runs = []
         for s in seeds:
             run = root / f"{slug(label)}-s{s}"
-            cfg = run_config(base, {**over, "rl.seed": s, "rl.iterations": args.iterations, "rl.out_dir": str(run)})
-            if not args.report_only:
+            cfg = run_config(base, {**common, **over, "rl.seed": s, "rl.iterations": args.iterations, "rl.out_dir": str(run)})
+            if not args.report_only and iterations_done(run) < args.iterations:
                 run.mkdir(parents=True, exist_ok=True)
                 text = dump_toml(cfg) + "\n"
                 cfile = run / "config.toml"

@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         variants.append((label, runs))
 
     if not args.report_only:
-        order = [run for i in range(len(seeds)) for _, runs in variants for run in runs[i:i + 1]]
+        order = [runs[i] for i in range(len(seeds)) for _, runs in variants]   # seed by seed, variants side by side
         train_all(order, args.iterations, args.parallel)
 
     kinds = {}

@@ -217,7 +217,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
         policy.version = trainer.version
         groups, run.cursor, rs = rollout.collect(run.buffer, run.cursor, rl.tasks_per_iteration, rl.group_size,
                                                  budget)
-        if getattr(policy, "prefix_cache", None) is not None:
+        if policy.prefix_cache is not None:
             # The update changes the weights, so the rollouts' cached KV is dead: free it before the update's
             # activations need the memory rather than after (up to the cache's 4 GiB at once).
             policy.prefix_cache.clear()

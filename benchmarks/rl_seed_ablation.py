@@ -198,6 +198,30 @@ def bootstrap_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int
     return out
 
 
+def curve_diff(a_curves: list[list], b_curves: list[list], last: int, reps: int = 2000, seed: int = 0) -> dict:
+    """A per-iteration training metric (entropy) of variant b minus variant a over the last `last` iterations:
+    the difference for each seed (runs paired by seed: the same seed draws the same first tasks) and a 95%
+    interval of the pooled difference resampling iterations within each run. Successive iterations of one run
+    are correlated, so the interval is narrower than an interval over independent runs would be; the per-seed
+    signs are the check that does not assume independence."""
+    rng = random.Random(seed)
+
+    def tail(c):
+        return [x for x in c[-last:] if isinstance(x, (int, float)) and x == x]
+
+    ta, tb = [tail(c) for c in a_curves], [tail(c) for c in b_curves]
+    per_seed = [round(sum(b) / len(b) - sum(a) / len(a), 4) if a and b else None for a, b in zip(ta, tb)]
+
+    def draw(runs):
+        xs = [rng.choice(run) for run in runs if run for _ in range(len(run))]
+        return sum(xs) / len(xs)
+
+    if not any(ta) or not any(tb):
+        return {"per_seed": per_seed, "interval": None}
+    d = sorted(draw(tb) - draw(ta) for _ in range(reps))
+    return {"per_seed": per_seed, "interval": [round(d[int(0.025 * reps)], 4), round(d[int(0.975 * reps) - 1], 4)]}
+
+
 def metric_curve(run: Path, key: str) -> list[float | None]:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return [r.get(key) for r in rows]
@@ -243,7 +267,9 @@ def report(variants: list[tuple[str, list[Path]]], kinds: dict[str, str], iterat
         res["differences"] = {}
         for b, _ in variants[1:]:
             res["differences"][f"{b} − {a}"] = {
-                kind: bootstrap_diff(pooled[a][kind], pooled[b][kind]) for kind in ("all", "bridge", "lookup")}
+                **{kind: bootstrap_diff(pooled[a][kind], pooled[b][kind]) for kind in ("all", "bridge", "lookup")},
+                "entropy": curve_diff([c["entropy"] for c in res["variants"][a]["curves"].values()],
+                                      [c["entropy"] for c in res["variants"][b]["curves"].values()], last)}
     Path(f"{out}.json").write_text(json.dumps(res, indent=2, ensure_ascii=False))
     plot(res, f"{out}.png")
     return res
@@ -349,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     for label, v in res["variants"].items():
         print(label, json.dumps(v["pooled"]), "entropy", json.dumps(v["entropy_last"]))
     for name, d in res.get("differences", {}).items():
-        print(name, json.dumps(d["all"]))
+        print(name, json.dumps(d["all"]), "entropy", json.dumps(d["entropy"]))
 
 
 if __name__ == "__main__":

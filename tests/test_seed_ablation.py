@@ -64,3 +64,16 @@ def test_bootstrap_interval_separates_a_real_difference_and_not_noise(ablation):
     assert 0.25 < lo < 0.4 < hi < 0.55
     lo, hi = ablation.bootstrap_diff(low, same, reps=400)["accuracy"]
     assert lo < 0 < hi
+
+
+def test_entropy_difference_is_paired_by_seed_and_its_interval_covers_the_shift(ablation):
+    rng = random.Random(0)
+    a = [[0.10 + rng.gauss(0, 0.01) for _ in range(8)] for _ in range(3)]
+    b = [[x + 0.05 for x in run] for run in a]
+    d = ablation.curve_diff(a, b, last=4, reps=400)
+    assert d["per_seed"] == pytest.approx([0.05] * 3, abs=1e-4)
+    lo, hi = d["interval"]
+    assert 0.03 < lo < 0.05 < hi < 0.07
+    same = ablation.curve_diff(a, [[x + rng.gauss(0, 0.01) for x in run] for run in a], last=4, reps=400)
+    assert same["interval"][0] < 0 < same["interval"][1]
+    assert ablation.curve_diff(a, [[None] * 8] * 3, last=4)["interval"] is None   # no entropy logged

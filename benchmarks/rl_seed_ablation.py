@@ -142,7 +142,7 @@ def load_rollouts(run: Path, kinds: dict[str, str]) -> list[dict]:
         st = r["stats"]
         rows.append({"iteration": r["iteration"], "group": (r["iteration"], r["task_id"]),
                      "kind": kinds.get(r["task_id"], "other"), "correct": bool(r["judgement"]["correct"]),
-                     "steps": st["steps"], "searches": st["search_calls"]})
+                     "steps": st["steps"], "searches": st["search_calls"], "answer": r.get("answer")})
     return rows
 
 
@@ -195,6 +195,53 @@ def bootstrap_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int
     for k, d in diffs.items():
         d.sort()
         out[k] = [round(d[int(0.025 * len(d))], 4), round(d[int(0.975 * len(d)) - 1], 4)] if len(d) > 100 else None
+    return out
+
+
+def paired_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int = 2000, seed: int = 0) -> dict:
+    """summarise(b) − summarise(a) with the task groups paired: runs of the same seed draw the same tasks in the
+    same iterations (and the same sampling stream), so each (iteration, task) group of one variant has a twin in
+    the other, and resampling twins together removes the spread between tasks from the interval. Also the share
+    of trajectories that differ at all (answer, steps or searches) from their twin — how far the variant moved
+    what the policy did. None when the runs did not draw the same groups."""
+    rng = random.Random(seed)
+    twins = []   # per seed: [(rows of a, rows of b)] for each shared group
+    changed = total = 0
+    for ra, rb in zip(a_runs, b_runs):
+        ga: dict = {}
+        gb: dict = {}
+        for r in ra:
+            ga.setdefault(r["group"], []).append(r)
+        for r in rb:
+            gb.setdefault(r["group"], []).append(r)
+        if set(ga) != set(gb):
+            return {"intervals": None, "changed_trajectories": None}
+        twins.append([(ga[k], gb[k]) for k in sorted(ga)])
+        for k in ga:
+            for x, y in zip(ga[k], gb[k]):
+                total += 1
+                changed += (x["answer"], x["steps"], x["searches"]) != (y["answer"], y["steps"], y["searches"])
+    diffs: dict[str, list[float]] = {k: [] for k in STATS}
+    for _ in range(reps):
+        rows_a, rows_b = [], []
+        for pairs in twins:
+            for _ in range(len(pairs)):
+                xa, xb = rng.choice(pairs)
+                rows_a += xa
+                rows_b += xb
+        sa, sb = summarise(rows_a), summarise(rows_b)
+        for k in STATS:
+            if sa[k] is not None and sb[k] is not None:
+                diffs[k].append(sb[k] - sa[k])
+    point_a = summarise([r for rows in a_runs for r in rows])
+    point_b = summarise([r for rows in b_runs for r in rows])
+    out: dict[str, Any] = {"changed_trajectories": round(changed / total, 4) if total else None, "intervals": {}}
+    for k, d in diffs.items():
+        d.sort()
+        diff = (point_b[k] - point_a[k]) if point_a[k] is not None and point_b[k] is not None else None
+        out["intervals"][k] = {"diff": None if diff is None else round(diff, 4),
+                               "ci95": [round(d[int(0.025 * len(d))], 4), round(d[int(0.975 * len(d)) - 1], 4)]
+                               if len(d) > 100 else None}
     return out
 
 
@@ -268,6 +315,7 @@ def report(variants: list[tuple[str, list[Path]]], kinds: dict[str, str], iterat
         for b, _ in variants[1:]:
             res["differences"][f"{b} − {a}"] = {
                 **{kind: bootstrap_diff(pooled[a][kind], pooled[b][kind]) for kind in ("all", "bridge", "lookup")},
+                "paired": {kind: paired_diff(pooled[a][kind], pooled[b][kind]) for kind in ("all", "bridge", "lookup")},
                 "entropy": curve_diff([c["entropy"] for c in res["variants"][a]["curves"].values()],
                                       [c["entropy"] for c in res["variants"][b]["curves"].values()], last)}
     Path(f"{out}.json").write_text(json.dumps(res, indent=2, ensure_ascii=False))
@@ -375,7 +423,8 @@ def main(argv: list[str] | None = None) -> None:
     for label, v in res["variants"].items():
         print(label, json.dumps(v["pooled"]), "entropy", json.dumps(v["entropy_last"]))
     for name, d in res.get("differences", {}).items():
-        print(name, json.dumps(d["all"]), "entropy", json.dumps(d["entropy"]))
+        print(name, "unpaired", json.dumps(d["all"]), "entropy", json.dumps(d["entropy"]))
+        print(name, "paired", json.dumps(d["paired"]["all"]))
 
 
 if __name__ == "__main__":

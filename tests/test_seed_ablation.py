@@ -77,3 +77,29 @@ def test_entropy_difference_is_paired_by_seed_and_its_interval_covers_the_shift(
     same = ablation.curve_diff(a, [[x + rng.gauss(0, 0.01) for x in run] for run in a], last=4, reps=400)
     assert same["interval"][0] < 0 < same["interval"][1]
     assert ablation.curve_diff(a, [[None] * 8] * 3, last=4)["interval"] is None   # no entropy logged
+
+
+def test_paired_difference_uses_twin_groups_and_counts_changed_trajectories(ablation):
+    a = _runs(0.3, 0)
+    for run in a:
+        for i, r in enumerate(run):
+            r["answer"], r["group"] = f"x{i}", (1 + i // 80, r["group"][1])
+    b = [[dict(r) for r in run] for run in a]
+    flipped = 0
+    for run in b:                      # the variant turns every 4th failed trajectory into a correct one
+        for i, r in enumerate(run):
+            if not r["correct"] and i % 4 == 0:
+                r.update(correct=True, answer="gold", steps=3, searches=2)
+                flipped += 1
+    n = sum(len(run) for run in a)
+    d = ablation.paired_diff(a, b, reps=400)
+    assert d["changed_trajectories"] == pytest.approx(flipped / n, abs=1e-4)
+    acc = d["intervals"]["accuracy"]
+    assert acc["diff"] == pytest.approx(flipped / n, abs=1e-4)
+    lo, hi = acc["ci95"]
+    assert 0 < lo < acc["diff"] < hi
+    assert hi - lo < 0.5 * (lambda u: u[1] - u[0])(ablation.bootstrap_diff(a, b, reps=400)["accuracy"])
+    same = ablation.paired_diff(a, a, reps=200)
+    assert same["changed_trajectories"] == 0 and same["intervals"]["accuracy"]["ci95"] == [0, 0]
+    other = [[dict(r, group=(9, r["group"][1])) for r in run] for run in b]
+    assert ablation.paired_diff(a, other)["intervals"] is None      # different draws: no twins

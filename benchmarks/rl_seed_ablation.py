@@ -162,6 +162,12 @@ def summarise(rows: list[dict]) -> dict[str, float | int | None]:
 STATS = ("accuracy", "steps", "steps_per_correct", "searched_twice", "correct_searched_twice")
 
 
+def ci95(draws: list[float]) -> list[float] | None:
+    """The 2.5th and 97.5th percentiles of bootstrap draws (None when there are too few to say)."""
+    d = sorted(draws)
+    return [round(d[int(0.025 * len(d))], 4), round(d[int(0.975 * len(d)) - 1], 4)] if len(d) > 100 else None
+
+
 def bootstrap_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int = 2000, seed: int = 0
                    ) -> dict[str, list[float] | None]:
     """95% intervals of summarise(b) − summarise(a), resampling groups within each run."""
@@ -191,11 +197,7 @@ def bootstrap_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int
         for k in STATS:
             if sa[k] is not None and sb[k] is not None:
                 diffs[k].append(sb[k] - sa[k])
-    out: dict[str, list[float] | None] = {}
-    for k, d in diffs.items():
-        d.sort()
-        out[k] = [round(d[int(0.025 * len(d))], 4), round(d[int(0.975 * len(d)) - 1], 4)] if len(d) > 100 else None
-    return out
+    return {k: ci95(d) for k, d in diffs.items()}
 
 
 def paired_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int = 2000, seed: int = 0) -> dict:
@@ -237,11 +239,8 @@ def paired_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int = 
     point_b = summarise([r for rows in b_runs for r in rows])
     out: dict[str, Any] = {"changed_trajectories": round(changed / total, 4) if total else None, "intervals": {}}
     for k, d in diffs.items():
-        d.sort()
         diff = (point_b[k] - point_a[k]) if point_a[k] is not None and point_b[k] is not None else None
-        out["intervals"][k] = {"diff": None if diff is None else round(diff, 4),
-                               "ci95": [round(d[int(0.025 * len(d))], 4), round(d[int(0.975 * len(d)) - 1], 4)]
-                               if len(d) > 100 else None}
+        out["intervals"][k] = {"diff": None if diff is None else round(diff, 4), "ci95": ci95(d)}
     return out
 
 
@@ -265,8 +264,7 @@ def curve_diff(a_curves: list[list], b_curves: list[list], last: int, reps: int 
 
     if not any(ta) or not any(tb):
         return {"per_seed": per_seed, "interval": None}
-    d = sorted(draw(tb) - draw(ta) for _ in range(reps))
-    return {"per_seed": per_seed, "interval": [round(d[int(0.025 * reps)], 4), round(d[int(0.975 * reps) - 1], 4)]}
+    return {"per_seed": per_seed, "interval": ci95([draw(tb) - draw(ta) for _ in range(reps)])}
 
 
 def metric_curve(run: Path, key: str) -> list[float | None]:

@@ -29,7 +29,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,21 +168,31 @@ def ci95(draws: list[float]) -> list[float] | None:
     return [round(d[int(0.025 * len(d))], 4), round(d[int(0.975 * len(d)) - 1], 4)] if len(d) > 100 else None
 
 
+def by_group(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """A run's rows by (iteration, task) group, in the order they were written."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["group"], []).append(r)
+    return out
+
+
+def bootstrap_draws(draw_pair: Callable[[], tuple[dict, dict]], reps: int) -> dict[str, list[float]]:
+    """For each statistic, `reps` draws of summarise(b) − summarise(a), each pair from one call of draw_pair."""
+    diffs: dict[str, list[float]] = {k: [] for k in STATS}
+    for _ in range(reps):
+        sa, sb = draw_pair()
+        for k in STATS:
+            if sa[k] is not None and sb[k] is not None:
+                diffs[k].append(sb[k] - sa[k])
+    return diffs
+
+
 def bootstrap_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int = 2000, seed: int = 0
                    ) -> dict[str, list[float] | None]:
     """95% intervals of summarise(b) − summarise(a), resampling groups within each run."""
     rng = random.Random(seed)
-
-    def groups(runs):
-        out = []
-        for rows in runs:
-            by: dict = {}
-            for r in rows:
-                by.setdefault(r["group"], []).append(r)
-            out.append(list(by.values()))
-        return out
-
-    ga, gb = groups(a_runs), groups(b_runs)
+    ga = [list(by_group(rows).values()) for rows in a_runs]
+    gb = [list(by_group(rows).values()) for rows in b_runs]
 
     def draw(gs):
         rows = []
@@ -191,13 +201,7 @@ def bootstrap_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int
                 rows += rng.choice(run)
         return summarise(rows)
 
-    diffs: dict[str, list[float]] = {k: [] for k in STATS}
-    for _ in range(reps):
-        sa, sb = draw(ga), draw(gb)
-        for k in STATS:
-            if sa[k] is not None and sb[k] is not None:
-                diffs[k].append(sb[k] - sa[k])
-    return {k: ci95(d) for k, d in diffs.items()}
+    return {k: ci95(d) for k, d in bootstrap_draws(lambda: (draw(ga), draw(gb)), reps).items()}
 
 
 def paired_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int = 2000, seed: int = 0) -> dict:
@@ -210,12 +214,7 @@ def paired_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int = 
     twins = []   # per seed: [(rows of a, rows of b)] for each shared group
     changed = total = 0
     for ra, rb in zip(a_runs, b_runs):
-        ga: dict = {}
-        gb: dict = {}
-        for r in ra:
-            ga.setdefault(r["group"], []).append(r)
-        for r in rb:
-            gb.setdefault(r["group"], []).append(r)
+        ga, gb = by_group(ra), by_group(rb)
         if set(ga) != set(gb):
             return {"intervals": None, "changed_trajectories": None}
         twins.append([(ga[k], gb[k]) for k in sorted(ga)])
@@ -223,18 +222,17 @@ def paired_diff(a_runs: list[list[dict]], b_runs: list[list[dict]], reps: int = 
             for x, y in zip(ga[k], gb[k]):
                 total += 1
                 changed += (x["answer"], x["steps"], x["searches"]) != (y["answer"], y["steps"], y["searches"])
-    diffs: dict[str, list[float]] = {k: [] for k in STATS}
-    for _ in range(reps):
+
+    def draw_twins():
         rows_a, rows_b = [], []
         for pairs in twins:
             for _ in range(len(pairs)):
                 xa, xb = rng.choice(pairs)
                 rows_a += xa
                 rows_b += xb
-        sa, sb = summarise(rows_a), summarise(rows_b)
-        for k in STATS:
-            if sa[k] is not None and sb[k] is not None:
-                diffs[k].append(sb[k] - sa[k])
+        return summarise(rows_a), summarise(rows_b)
+
+    diffs = bootstrap_draws(draw_twins, reps)
     point_a = summarise([r for rows in a_runs for r in rows])
     point_b = summarise([r for rows in b_runs for r in rows])
     out: dict[str, Any] = {"changed_trajectories": round(changed / total, 4) if total else None, "intervals": {}}
@@ -304,7 +302,7 @@ def report(variants: list[tuple[str, list[Path]]], kinds: dict[str, str], iterat
                                for k, v in summarise([r for rows in pooled[label][kind] for r in rows]).items()}
                         for kind in ("bridge", "lookup")},
             "per_seed": per_seed,
-            "entropy_last": {run.name: _mean_last(metric_curve(run, "entropy"), last) for run in runs},
+            "entropy_last": {name: _mean_last(c["entropy"], last) for name, c in curves.items()},
             "curves": curves,
         }
     if len(variants) >= 2:

@@ -2,14 +2,16 @@
 then compared on what the training rollouts did — accuracy, steps per correct trajectory, the share searching
 twice, entropy — with bootstrap intervals for the difference between variants.
 
-    # gamma-decay on vs off, research stage (bridges + lookups) from the shipped policy, 3 seeds x 8 iterations
+    # gamma-decay and negative-sample control, research stage (bridges + lookups) from the shipped policy,
+    # 3 seeds x 6 iterations (benchmarks/results/rl_research_ablation.json)
     python benchmarks/rl_seed_ablation.py --base configs/recipe/research.toml \\
-        --model sleuth/policies/sleuth-135m-rl --root runs/ablation/gamma --seeds 0,1,2 --iterations 8 \\
-        --variant "gamma-decay on=" --variant "gamma-decay off=rl.reward.gamma_decay=false" \\
-        --out benchmarks/results/rl_gamma_ablation
+        --model sleuth/policies/sleuth-135m-rl --root runs/ablation/research --seeds 0,1,2 --iterations 6 \\
+        --last 4 --variant "recipe=" --variant "gamma-decay off=rl.reward.gamma_decay=false" \\
+        --variant "negative drop off=rl.negative_drop_frac=0" --out benchmarks/results/rl_research_ablation
 
 Each run is a plain `sleuth train` (its config.toml, train.log, metrics.jsonl and rollouts.jsonl sit in
-ROOT/<variant>-s<seed>/); runs already finished are kept and interrupted ones resumed, so rerunning the command
+ROOT/<variant>-s<seed>/; the stage's index and task files are built first from configs/recipe.toml when missing);
+runs already finished are kept and interrupted ones resumed, so rerunning the command
 after a kill loses at most the iteration in progress. `--parallel` runs that many trainings at once, each
 on one thread (on 2 cores: 2). `--report-only` skips training.
 
@@ -91,6 +93,23 @@ def slug(label: str) -> str:
 
 
 # --- training ----------------------------------------------------------------------------------------------
+
+def prepare(base: dict[str, Any], recipe_path: str) -> None:
+    """Build what the stage config reads and a fresh clone lacks — its index and task files — with the recipe's own
+    steps (the same files `make policy` makes); files that exist are kept."""
+    from sleuth.rl.recipe import load_recipe, make_index, make_task_file
+
+    missing = [Path(f) for f in base.get("tasks", []) if not Path(f).is_file()]
+    recipe = load_recipe(recipe_path)
+    if recipe.index_source:
+        make_index(recipe.index_source, {base.get("index")})
+    for tf in recipe.tasks:
+        if Path(tf.out) in missing:
+            make_task_file(tf)
+    still = [str(f) for f in missing if not f.is_file()]
+    if still:
+        raise SystemExit(f"task files {still} are not made by {recipe_path}; make them with `sleuth synth`")
+
 
 def iterations_done(run: Path) -> int:
     m = run / "metrics.jsonl"
@@ -359,6 +378,8 @@ def plot(res: dict, path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="stage config (TOML) every run starts from")
+    ap.add_argument("--recipe", default="configs/recipe.toml",
+                    help="recipe whose steps build the stage's index and task files when they are missing")
     ap.add_argument("--model", help="overrides the config's model (the policy every run starts from)")
     ap.add_argument("--variant", action="append", required=True,
                     help='"label=dotted.key=value,..." (repeat; the first is the reference)')
@@ -402,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         variants.append((label, runs))
 
     if not args.report_only:
+        prepare(base, args.recipe)
         order = [runs[i] for i in range(len(seeds)) for _, runs in variants]   # seed by seed, variants side by side
         train_all(order, args.iterations, args.parallel)
 

@@ -104,3 +104,15 @@ def test_paired_difference_uses_twin_groups_and_counts_changed_trajectories(abla
     assert same["changed_trajectories"] == 0 and same["intervals"]["accuracy"]["ci95"] == [0, 0]
     other = [[dict(r, group=(9, r["group"][1])) for r in run] for run in b]
     assert ablation.paired_diff(a, other)["intervals"] is None      # different draws: no twins
+
+
+def test_prepare_keeps_existing_task_files_and_names_those_no_recipe_step_makes(ablation, tmp_path):
+    have = tmp_path / "have.jsonl"
+    have.write_text('{"id": "t1"}\n')
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'export = "{tmp_path / "policy"}"\n[[tasks]]\nout = "{have}"\nn = 5\nmix = "lookup=1"\n\n'
+                      '[[stages]]\nconfig = "configs/recipe/research.toml"\n')
+    ablation.prepare({"tasks": [str(have)]}, str(recipe))           # exists: kept as it is, nothing built
+    assert have.read_text() == '{"id": "t1"}\n'
+    with pytest.raises(SystemExit, match="nowhere.jsonl"):
+        ablation.prepare({"tasks": [str(have), str(tmp_path / "nowhere.jsonl")]}, str(recipe))

@@ -8,6 +8,7 @@ from other processes hits every side alike, with the same seed and tasks:
 * ``fast``:      ``rollout_engine = "static"`` and the shared-prefix update (the default)
 * ``fast-int8``: the static engine in int8 (``rollout_precision = "int8"``) with the truncated importance weight
   the int8 policy gap needs (``rl.tis_cap = 2``), and the shared-prefix update
+* ``fast-bf16``: the static engine in bfloat16 (``rollout_precision = "bf16"``, ``rl.tis_cap = 2``), shared prefix
 * ``fast-llama``: llama.cpp rollouts on the float32 weights (``rollout_engine = "llama"``), shared-prefix update
 * ``fast-llama-q8``: llama.cpp on q8_0 weights with the truncated importance weight ``tis_cap = 2``
 
@@ -33,10 +34,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from machine import cpu as cpu_info  # noqa: E402
 
 from sleuth.rl.train import load_run_config, train  # noqa: E402
 
@@ -46,6 +50,8 @@ SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False},
          "fast": {"rollout_engine": "static", "rl_share_prefix": True},
          # int8 rollouts sample from a slightly different policy: the update corrects it (truncated IS)
          "fast-int8": {"rollout_engine": "static", "rollout_precision": "int8", "rl_tis_cap": 2.0,
+                       "rl_share_prefix": True},
+         "fast-bf16": {"rollout_engine": "static", "rollout_precision": "bf16", "rl_tis_cap": 2.0,
                        "rl_share_prefix": True},
          # llama.cpp on the float32 weights (float16 KV cache): log-probs within ~1e-2 of the trainer's
          "fast-llama": {"rollout_engine": "llama", "rl_share_prefix": True},
@@ -124,7 +130,7 @@ def main() -> None:
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 2) if a and b else None
     result = {
-        "what": "RL iterations of configs/recipe/read_open.toml, former vs fast paths, interleaved, same seed",
+        "what": f"RL iterations of {a.config}, former vs fast paths, interleaved, same seed",
         "config": a.config, "model": a.model, "iterations_each": a.iterations, "seed": a.seed,
         "threads": a.threads, "warmup_iterations": a.warmup, "sides": {s: SIDES[s] for s in sides},
         "changes_from_recipe": f"tasks=dev, reachable_k=0, rollout_seconds=None, no warm start, threads={a.threads}, "
@@ -136,7 +142,7 @@ def main() -> None:
                                      for k in ("rollout_tokens_per_s", "update_seq_tokens_per_s")}}
                               for s in sides if s != "former"},
         "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "torch": torch.__version__,
+        "torch": torch.__version__, "cpu": cpu_info(),
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,9 +6,11 @@ temperature 0.7 by the embedded SmolLM2-135M, one batch of 16, with every engine
 * ``hf``          — transformers' forward with a dynamic cache (the engine rollouts used before the static one)
 * ``static-fp32`` — sleuth's lean decode engine (``sleuth/policy/engine.py``): static KV cache, fused
                     products, the trainer's own float32 arithmetic (the default)
+* ``static-bf16`` — the same engine with bfloat16 linear layers (oneDNN; fast where the CPU has AVX512-BF16)
 * ``static-int8`` — the same engine with int8 linear layers (fbgemm dynamic quantisation)
 * ``llama-f32``   — llama.cpp (``sleuth/policy/llamacpp.py``) on the policy's weights written to GGUF as float32,
                     flash attention over a float16 KV cache; sleuth samples from its logits
+* ``llama-bf16``  — the same with the weights as bfloat16
 * ``llama-q8``    — the same with the weights as q8_0 (8 bits per weight, one scale per block of 32)
 
 The engines run interleaved (round r runs them in a rotated order, same seed) so that load from other
@@ -34,10 +36,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a checkout, no install needed
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
+
+from machine import cpu as cpu_info  # noqa: E402
 
 from sleuth import paths  # noqa: E402
 from sleuth.policy.base import SamplingParams  # noqa: E402
@@ -50,8 +55,9 @@ SYSTEM = (
     "Think step by step inside <think>...</think>, then write exactly one action as JSON inside "
     "<action>...</action>. Cite the passages you used."
 )
-ENGINES = {"hf": ("hf", "fp32"), "static-fp32": ("static", "fp32"), "static-int8": ("static", "int8"),
-           "llama-f32": ("llama", "fp32"), "llama-q8": ("llama", "int8")}
+ENGINES = {"hf": ("hf", "fp32"), "static-fp32": ("static", "fp32"), "static-bf16": ("static", "bf16"),
+           "static-int8": ("static", "int8"),
+           "llama-f32": ("llama", "fp32"), "llama-bf16": ("llama", "bf16"), "llama-q8": ("llama", "int8")}
 
 
 @dataclass
@@ -62,7 +68,7 @@ class Config:
     threads: int = 1              # torch intra-op threads (1 is steadiest on a small shared machine)
     seed: int = 0
     rounds: int = 2               # interleaved rounds; tokens/s is the median per engine
-    engines: str = "hf,static-fp32,static-int8,llama-f32,llama-q8"   # llama-*: needs llama-cpp-python
+    engines: str = "hf,static-fp32,static-bf16,static-int8,llama-f32,llama-bf16,llama-q8"   # llama-*: needs llama-cpp-python
     out: str = str(Path(__file__).parent / "results" / "rollout_throughput.json")
 
 
@@ -173,7 +179,7 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+        "cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__, "cpu": cpu_info(),
     }
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -152,6 +152,25 @@ def test_sampling_is_reproducible_under_seed(policy, prompts):
     assert [g.token_ids for g in a] != [g.token_ids for g in c]
 
 
+def test_sampler_draws_the_softmax_distribution():
+    """Inverse-CDF sampling: frequencies match softmax(logits / T) (chi-square), a token of zero probability
+    is never drawn, top_p keeps the nucleus only, and the recorded log-prob is the sampled token's."""
+    from sleuth.policy.hf import HFPolicy
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5]]).repeat(4000, 1)
+    torch.manual_seed(0)
+    tok, lp = HFPolicy._sample(logits, SamplingParams(temperature=0.7))
+    p = torch.softmax(logits[0] / 0.7, dim=-1)
+    counts = torch.bincount(tok, minlength=6).double()
+    assert counts[4] == 0
+    seen = p > 0
+    chi2 = float((((counts - 4000 * p) ** 2) / (4000 * p))[seen].sum())
+    assert chi2 < 20.5          # 5 degrees of freedom: p ≈ 0.001
+    assert torch.allclose(lp, torch.log(p[tok]).float(), atol=1e-5)
+    tok, _ = HFPolicy._sample(logits[:500], SamplingParams(temperature=1.0, top_p=0.6))
+    assert set(tok.tolist()) <= {0, 1}        # softmax mass 0.56 on token 0, so token 1 completes 0.6
+
+
 @pytest.mark.slow
 def test_tiny_top_p_is_greedy(policy, prompts, greedy):
     torch.manual_seed(0)
@@ -442,6 +461,41 @@ def test_int8_engine_samples_its_own_policy(policy, prompts):
     with pytest.raises(ValueError, match="tis_cap"):
         load_run_config(None, rollout_engine="static", rollout_precision="int8")
     assert load_run_config(None, rollout_engine="static", rollout_precision="int8", rl_tis_cap=2.0).rl.tis_cap == 2.0
+
+
+@pytest.mark.slow
+def test_bf16_engine_is_close_to_the_trainer_and_needs_tis(policy, prompts):
+    """bf16 rounds the products' inputs: its recorded log-probs are its own, a gap to the trainer's far smaller
+    than int8's but not zero, so RunConfig demands tis_cap for it too."""
+    from sleuth.rl.train import load_run_config
+
+    torch.manual_seed(0)
+    gens, gap = sampled_gap(policy, prompts[:2], "static", "bf16", tokens=8)
+    assert all(v <= 0 for g in gens for v in g.logprobs) and len(gap) == sum(len(g.token_ids) for g in gens)
+    assert 1e-5 < sum(gap) / len(gap) < 0.1 and max(gap) < 1.0
+    with pytest.raises(ValueError, match="tis_cap"):
+        load_run_config(None, rollout_engine="static", rollout_precision="bf16")
+
+
+def test_static_cache_select_moves_rows_in_place():
+    """Dropping finished rows keeps the other rows' keys, values and masks, in order, without a new cache."""
+    from sleuth.policy.engine import StaticCache
+
+    sc = StaticCache(layers=2, batch=5, kv_heads=1, capacity=6, head_dim=2, dtype=torch.float32,
+                     device=torch.device("cpu"))
+    kv = [(torch.arange(5.0)[:, None, None, None].expand(5, 1, 4, 2) + 10 * li,
+           -torch.arange(5.0)[:, None, None, None].expand(5, 1, 4, 2)) for li in range(2)]
+    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]])
+    sc.load(kv, mask)
+    storage = sc.k.data_ptr()
+    sc.select(torch.tensor([0, 3, 4]))
+    assert sc.k.data_ptr() == storage and sc.k.shape[1] == 3
+    for li in range(2):
+        assert sc.k[li, :, 0, :4, 0].tolist() == [[0.0 + 10 * li] * 4, [3.0 + 10 * li] * 4, [4.0 + 10 * li] * 4]
+        assert sc.v[li, :, 0, :4, 0].tolist() == [[0.0] * 4, [-3.0] * 4, [-4.0] * 4]
+    assert sc.valid[:, :4].long().tolist() == [[1, 1, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="ascending"):
+        sc.select(torch.tensor([2, 1]))
 
 
 def test_engine_follows_lora_weights_and_their_updates():

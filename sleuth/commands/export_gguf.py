@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Argument(..., help="the .gguf file to write"),
         model: Optional[str] = typer.Option(None, "--model", help="policy to export: default the shipped trained "
                                                                  "agent; 'base', or a model / adapter directory"),
-        weight_type: str = typer.Option("q8_0", "--type", help="f32 (exact) | f16 | q8_0"),
+        weight_type: str = typer.Option("q8_0", "--type", help="f32 (exact) | f16 | bf16 | q8_0"),
     ) -> None:
         """Write a policy's weights (a LoRA adapter merged) as GGUF, e.g. to serve the trained agent with llama.cpp
         (`llama-server -m OUT.gguf`) and run `sleuth ask --base-url` against it."""

@@ -15,6 +15,12 @@ an RL update sample from the new weights. ``precision``:
 
 * ``"fp32"`` — the same arithmetic as the trainer: tokens and log-probs agree with the reference forward to
   float rounding (``tests/test_policy.py``).
+* ``"bf16"`` — the linear layers (head included) as bfloat16 weights and inputs, everything else (embeddings,
+  norms, rotary, attention, the KV cache, outputs) in float32: half the weight bytes, and on CPUs with
+  AVX512-BF16 or AMX oneDNN's bfloat16 products run ~2× float32's. bfloat16 keeps 8 bits of mantissa, so the
+  log-probs differ from the trainer's by rounding (mean |Δ| ~1e-2, ``benchmarks/rollout_throughput.py``); like
+  int8 it is a slightly different policy and the update corrects it with importance weights. On CPUs without
+  native bfloat16 the products are emulated and slower than float32.
 * ``"int8"`` — the linear layers (head included) as int8 weights with per-output-channel scales and dynamically
   quantised activations (fbgemm): a quarter of the weight bytes to stream per step. This is a slightly
   different policy from the trainer's: the log-probs it records are its own (what the tokens were sampled
@@ -32,7 +38,7 @@ import torch.nn.functional as F
 
 from sleuth.policy.kvcache import weights_key
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "bf16", "int8")
 
 
 def supports(model: Any) -> bool:
@@ -68,8 +74,9 @@ class _Linear:
 
     def __init__(self, w: torch.Tensor, precision: str):
         self.out_features = w.shape[0]
-        if precision == "fp32":
-            self.w = w.float().contiguous()
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        if precision in ("fp32", "bf16"):
+            self.w = w.to(self.dtype).contiguous()
             self.packed = None
         else:
             w = w.float()
@@ -80,7 +87,9 @@ class _Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
-            return F.linear(x, self.w)
+            if self.dtype is torch.float32:
+                return F.linear(x, self.w)
+            return F.linear(x.to(self.dtype), self.w).float()
         shape = x.shape
         y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).contiguous(), self.packed, True)
         return y.view(*shape[:-1], self.out_features)
@@ -123,13 +132,20 @@ class StaticCache:
         self.fill = n
 
     def select(self, rows: torch.Tensor) -> None:
-        """Keep only these batch rows (finished rows leave the batch); only filled slots are copied."""
+        """Keep only these batch rows (ascending positions; finished rows leave the batch). In place: each
+        kept row moves down to its new position (a row at or before its position stays put), filled slots
+        only. Building a new cache instead copied every kept row through a gather, ~50 ms per finished row
+        with 16 rows of ~150 positions — more than a decode step."""
+        keep = rows.tolist()
+        if any(b <= a for a, b in zip(keep, keep[1:])):
+            raise ValueError("select takes ascending, distinct batch positions")
         n = self.fill
-        k = self.k.new_empty((self.k.shape[0], len(rows), *self.k.shape[2:]))
-        v = torch.empty_like(k)
-        k[:, :, :, :n] = self.k[:, rows, :, :n]
-        v[:, :, :, :n] = self.v[:, rows, :, :n]
-        self.k, self.v, self.valid = k, v, self.valid.index_select(0, rows)
+        for j, r in enumerate(keep):
+            if r != j:     # r > j: the source row was not overwritten by an earlier move
+                self.k[:, j, :, :n] = self.k[:, r, :, :n]
+                self.v[:, j, :, :n] = self.v[:, r, :, :n]
+        self.k, self.v = self.k[:, :len(keep)], self.v[:, :len(keep)]
+        self.valid = self.valid.index_select(0, rows)
 
     def row_kv(self, b: int, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Row b's keys and values at slots ``idx``, per layer [kv heads, len, head dim] (for the prefix cache)."""

@@ -13,9 +13,9 @@ Weights: whenever the trainer's weights change (``kvcache.weights_key``) the eff
 merged in) are written to a GGUF file — the tokenizer and hyper-parameters copied from the embedded model's
 GGUF, the matrices in ``weight_type`` — and loaded into llama.cpp (3–8 s for 135M parameters), so every
 rollout samples from the weights the next update starts from. ``"f32"`` keeps the trainer's weights exactly
-(its logits differ from the trainer's by the order of float sums and the float16 KV cache); ``"q8_0"`` rounds them
-to 8 bits per weight in blocks of 32 (a slightly different policy: the update corrects the gap with truncated
-importance weights, ``rl.tis_cap``).
+(its logits differ from the trainer's by the order of float sums and the float16 KV cache); ``"bf16"`` rounds
+them to bfloat16 (8 bits of mantissa) and ``"q8_0"`` to 8 bits per weight in blocks of 32 (slightly different
+policies: the update corrects the gap with truncated importance weights, ``rl.tis_cap``).
 
 KV cache: llama.cpp keeps one sequence per batch row ("slot"). A new prompt continues the
 slot holding its longest common prefix (an agent step's prompt extends the previous step's row), copies that
@@ -41,7 +41,7 @@ import torch
 from sleuth.policy.engine import _weight
 from sleuth.policy.kvcache import weights_key
 
-WEIGHT_TYPES = ("f32", "f16", "q8_0")
+WEIGHT_TYPES = ("f32", "f16", "bf16", "q8_0")
 INSTALL_HINT = ("the llama.cpp rollout engine needs llama-cpp-python: "
                 ".venv/bin/pip install -r requirements-llama.txt (compiles llama.cpp, a few minutes)")
 
@@ -98,9 +98,9 @@ def export_gguf(model: Any, template: str | os.PathLike, out: str | os.PathLike,
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
     qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-             "q8_0": gguf.GGMLQuantizationType.Q8_0}[weight_type]
+             "bf16": gguf.GGMLQuantizationType.BF16, "q8_0": gguf.GGMLQuantizationType.Q8_0}[weight_type]
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[weight_type]
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[weight_type]
 
     out = Path(out)
     writer = gguf.GGUFWriter(str(out), arch)

@@ -199,14 +199,17 @@ def test_prefix_cache_continuations_equal_full_prefill(policy, prompts):
 
 
 @pytest.mark.slow
-def test_bucketed_prefill_of_mixed_lengths_equals_one_padded_prefill(policy, prompts):
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_bucketed_prefill_of_mixed_lengths_equals_one_padded_prefill(policy, prompts, engine):
+    """Also with the static engine, whose buckets are prefilled by the engine itself."""
     from sleuth.policy.kvcache import PrefixCache
 
     long = prompts[1] + prompts[3] * 4       # a resumed long context beside short fresh prompts
     batch = [long, prompts[0], prompts[2], prompts[3]]
     params = SamplingParams(max_new_tokens=8, temperature=0)
-    saved = policy.prefix_cache
+    saved = policy.prefix_cache, policy.engine
     try:
+        policy.engine = engine
         policy.prefix_cache = None
         ref = policy.generate(batch, params)
         policy.prefix_cache = PrefixCache()
@@ -214,7 +217,7 @@ def test_bucketed_prefill_of_mixed_lengths_equals_one_padded_prefill(policy, pro
         policy.prefix_cache = PrefixCache()
         got = policy.generate(batch, params)
     finally:
-        policy.prefix_cache = saved
+        policy.prefix_cache, policy.engine = saved
     for a, b in zip(ref, got):
         assert a.token_ids == b.token_ids
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)

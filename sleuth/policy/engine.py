@@ -69,6 +69,23 @@ def _weight(module: torch.nn.Module) -> torch.Tensor:
     return w
 
 
+def _has_vnni() -> bool:
+    """Whether the CPU has VNNI int8 dot products (Linux /proc/cpuinfo; elsewhere assume not)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+# fbgemm's int8 products without VNNI add pairs of u8*s8 products in int16, which can saturate: activations are
+# then quantised to 7 bits ("reduce_range"). VNNI accumulates in int32 directly, so the full 8 bits are safe
+# there, and they halve the int8 policy's log-prob gap to the trainer (mean |Δ| 0.83 -> 0.30 nats, measured on
+# six dev prompts on an AVX512-VNNI CPU).
+REDUCE_RANGE = not _has_vnni()
+
+
 class _Linear:
     """y = x Wᵀ in the engine's precision."""
 
@@ -91,7 +108,7 @@ class _Linear:
                 return F.linear(x, self.w)
             return F.linear(x.to(self.dtype), self.w).float()
         shape = x.shape
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).contiguous(), self.packed, True)
+        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, shape[-1]).contiguous(), self.packed, REDUCE_RANGE)
         return y.view(*shape[:-1], self.out_features)
 
 

@@ -417,15 +417,21 @@ class HFPolicy:
                 cur.append(i)
         if len(buckets) == 1:
             return False
+        eng = self.decode_engine()
         for bucket in buckets:
             if todo[bucket[0]] <= self.min_shared_prefix:   # short remainders: the joint pass takes them
                 break
             heads = [prompts[i][:-1] for i in bucket]
+            rows = list(enumerate(range(len(heads))))
             cache, ids, mask, pos = self._layout(heads, [self.prefix_cache.lookup(h) for h in heads])
-            self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
-                       use_cache=True, logits_to_keep=1)
-            self._remember(_dynamic_row_kv(cache), mask, list(enumerate(range(len(heads)))), heads,
-                           [[] for _ in heads])
+            if eng is None:
+                self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                           use_cache=True, logits_to_keep=1)
+                self._remember(_dynamic_row_kv(cache), mask, rows, heads, [[] for _ in heads])
+            else:   # the engine's own arithmetic (and speed): its KV is what its decode steps continue
+                dec = _StaticDecoder(eng, cache, mask, ids.shape[1], 0)
+                dec.prefill(ids, pos)
+                self._remember(dec.row_kv, dec.mask, rows, heads, [[] for _ in heads])
         return True
 
     def _layout(self, prompts: list[list[int]], reuse: list[tuple[int, int | None]]):

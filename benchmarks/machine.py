@@ -8,22 +8,14 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
+
+from sleuth.hardware import cpu_flags, cpu_model
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def cpu() -> dict:
-    """Model name, logical cores and which of FLAGS the CPU has (Linux /proc/cpuinfo; else what platform says)."""
-    info = {"model": platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
-            "platform": platform.platform()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), None)
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    if model:
-        info["model"] = model
-    info["flags"] = {f: f in flags for f in FLAGS}
-    return info
+    """Model name, logical cores and which of FLAGS the CPU has (empty flags where /proc/cpuinfo is missing)."""
+    flags = cpu_flags()
+    return {"model": cpu_model() or platform.processor() or platform.machine(), "logical_cores": os.cpu_count(),
+            "platform": platform.platform(), "flags": {f: f in flags for f in FLAGS}}

@@ -68,7 +68,8 @@ class Config:
     threads: int = 1              # torch intra-op threads (1 is steadiest on a small shared machine)
     seed: int = 0
     rounds: int = 2               # interleaved rounds; tokens/s is the median per engine
-    engines: str = "hf,static-fp32,static-bf16,static-int8,llama-f32,llama-bf16,llama-q8"   # llama-*: needs llama-cpp-python
+    # llama-*: needs llama-cpp-python
+    engines: str = "hf,static-fp32,static-bf16,static-int8,llama-f32,llama-bf16,llama-q8"
     out: str = str(Path(__file__).parent / "results" / "rollout_throughput.json")
 
 
@@ -179,7 +180,8 @@ def main() -> None:
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__, "cpu": cpu_info(),
+        "cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
+        "cpu": cpu_info(),
     }
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -480,6 +480,25 @@ def test_bf16_engine_is_close_to_the_trainer_and_needs_tis(policy, prompts):
         load_run_config(None, rollout_engine="static", rollout_precision="bf16")
 
 
+def test_cpu_flags_missing_means_the_safe_int8_setting(monkeypatch):
+    """Without /proc/cpuinfo no flags are claimed, so int8 keeps fbgemm's 7-bit activations (no VNNI assumed)."""
+    from pathlib import Path
+
+    from sleuth import hardware
+
+    def unreadable(*a, **k):
+        raise OSError("no cpuinfo")
+
+    hardware._cpuinfo.cache_clear()
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    try:
+        assert hardware.cpu_flags() == frozenset() and hardware.cpu_model() is None and not hardware.has_vnni()
+    finally:
+        monkeypatch.undo()
+        hardware._cpuinfo.cache_clear()
+    assert hardware.has_vnni() == bool({"avx512_vnni", "avx_vnni"} & hardware.cpu_flags())
+
+
 def test_static_cache_select_moves_rows_in_place():
     """Dropping finished rows keeps the other rows' keys, values and masks, in order, without a new cache."""
     from sleuth.policy.engine import StaticCache

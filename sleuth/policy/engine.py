@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from sleuth.hardware import has_vnni
 from sleuth.policy.kvcache import weights_key
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -69,21 +70,12 @@ def _weight(module: torch.nn.Module) -> torch.Tensor:
     return w
 
 
-def _has_vnni() -> bool:
-    """Whether the CPU has VNNI int8 dot products (Linux /proc/cpuinfo; elsewhere assume not)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 # fbgemm's int8 products without VNNI add pairs of u8*s8 products in int16, which can saturate: activations are
 # then quantised to 7 bits ("reduce_range"). VNNI accumulates in int32 directly, so the full 8 bits are safe
 # there, and they halve the int8 policy's log-prob gap to the trainer (mean |Δ| 0.83 -> 0.30 nats, measured on
-# six dev prompts on an AVX512-VNNI CPU).
-REDUCE_RANGE = not _has_vnni()
+# six dev prompts on an AVX512-VNNI CPU; a quick measurement, not a committed benchmark). Where the flags cannot
+# be read, VNNI is assumed absent (7 bits: safe everywhere).
+REDUCE_RANGE = not has_vnni()
 
 
 class _Linear:

@@ -88,7 +88,7 @@ class RunConfig:
     rollout_precision: str = "fp32"
     """The engine's arithmetic: "fp32" (static: the trainer's, log-probs agree to ~1e-5; llama: float32 weights,
     float16 KV cache), "bf16" (bfloat16 products: ~2x float32 on CPUs with AVX512-BF16, log-prob gap ~0.02) or
-    "int8" (static: fbgemm int8 layers; llama: q8_0 weights; fastest, gap ~0.5). bf16 and int8 are slightly
+    "int8" (static: fbgemm int8 layers; llama: q8_0 weights; fastest, gap ~0.3-0.5). bf16 and int8 are slightly
     different policies: they need rl.tis_cap > 0 so the update corrects the gap with importance weights."""
     rl: TrainConfig = field(default_factory=TrainConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)

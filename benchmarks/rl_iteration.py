@@ -4,7 +4,8 @@ Runs ``configs/recipe/research.toml`` (4 tasks × 8 trajectories per iteration, 
 ``passages`` index) for ``--iterations`` iterations each way, interleaved iteration by iteration so that load
 from other processes hits every side alike, with the same seed and tasks:
 
-* ``former``:    ``rollout_engine = "hf"`` (transformers' forward) and ``rl.share_prefix = false``
+* ``former``:    ``rollout_engine = "hf"`` (transformers' forward), ``rl.share_prefix = false`` and
+  ``rollout_dedupe = false`` (every row prefilled, identical prompts too)
 * ``fast``:      ``rollout_engine = "static"`` and the shared-prefix update (the default)
 * ``fast-int8``: the static engine in int8 (``rollout_precision = "int8"``) with the truncated importance weight
   the int8 policy gap needs (``rl.tis_cap = 2``), and the shared-prefix update
@@ -46,7 +47,7 @@ from sleuth.rl.train import load_run_config, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "rl_iteration.json"
-SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False},
+SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False, "rollout_dedupe": False},
          "fast": {"rollout_engine": "static", "rl_share_prefix": True},
          # int8 rollouts sample from a slightly different policy: the update corrects it (truncated IS)
          "fast-int8": {"rollout_engine": "static", "rollout_precision": "int8", "rl_tis_cap": 2.0,

@@ -140,13 +140,19 @@ def test_max_new_tokens(policy, prompts):
 
 @pytest.mark.slow
 def test_sampling_is_reproducible_under_seed(policy, prompts):
+    from sleuth.policy.kvcache import PrefixCache
+
     params = SamplingParams(max_new_tokens=8, temperature=1.0)
-    torch.manual_seed(123)
-    a = policy.generate(prompts[1:3], params)
-    torch.manual_seed(123)
-    b = policy.generate(prompts[1:3], params)
-    torch.manual_seed(7)
-    c = policy.generate(prompts[1:3], params)
+    saved = policy.prefix_cache
+
+    def run(seed):   # each from an empty prefix cache: a cached prefill rounds differently (~1e-6)
+        policy.prefix_cache = PrefixCache()
+        torch.manual_seed(seed)
+        return policy.generate(prompts[1:3], params)
+    try:
+        a, b, c = run(123), run(123), run(7)
+    finally:
+        policy.prefix_cache = saved
     assert [g.token_ids for g in a] == [g.token_ids for g in b]
     assert [g.logprobs for g in a] == [g.logprobs for g in b]
     assert [g.token_ids for g in a] != [g.token_ids for g in c]
@@ -219,6 +225,33 @@ def test_bucketed_prefill_of_mixed_lengths_equals_one_padded_prefill(policy, pro
     finally:
         policy.prefix_cache, policy.engine = saved
     for a, b in zip(ref, got):
+        assert a.token_ids == b.token_ids
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["hf", "static"])
+def test_identical_prompts_are_prefilled_once_and_sample_as_before(policy, prompts, engine):
+    """A group's rows often share one prompt: prefilling it once and copying its KV to those rows samples the
+    same tokens with the same log-probs (seeded) as prefilling every row, with fewer rows through the model."""
+    from sleuth.policy.kvcache import PrefixCache
+
+    batch = [prompts[0], prompts[2], prompts[0], prompts[3], prompts[2], prompts[0]]   # 3 distinct
+    params = SamplingParams(max_new_tokens=10, temperature=1.0)
+    saved = policy.prefix_cache, policy.engine, policy.dedupe_prompts
+    runs = {}
+    try:
+        policy.engine = engine
+        for dedupe in (False, True):
+            policy.prefix_cache, policy.dedupe_prompts = PrefixCache(), dedupe
+            before = policy.prefill_rows_saved
+            torch.manual_seed(11)
+            runs[dedupe] = policy.generate(batch, params)
+            assert policy.prefill_rows_saved - before == (3 if dedupe else 0)
+    finally:
+        policy.prefix_cache, policy.engine, policy.dedupe_prompts = saved
+    assert len({tuple(g.token_ids) for g in runs[True]}) > 3      # copies of one prompt sampled apart
+    for a, b in zip(runs[False], runs[True]):
         assert a.token_ids == b.token_ids
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
 

@@ -90,6 +90,9 @@ class RunConfig:
     float16 KV cache), "bf16" (bfloat16 products: ~2x float32 on CPUs with AVX512-BF16, log-prob gap ~0.02) or
     "int8" (static: fbgemm int8 layers; llama: q8_0 weights; fastest, gap ~0.3-0.5). bf16 and int8 are slightly
     different policies: they need rl.tis_cap > 0 so the update corrects the gap with importance weights."""
+    rollout_dedupe: bool = True
+    """Prefill identical prompts of one generation call once and copy their KV to every row that shares them
+    (a group's trajectories often write the same first steps): same tokens and log-probs, less prefill."""
     rl: TrainConfig = field(default_factory=TrainConfig)
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     """Behaviour cloning on demonstrations replayed in the real environment before the first iteration
@@ -222,6 +225,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
             # The update changes the weights, so the rollouts' cached KV is dead: free it before the update's
             # activations need the memory rather than after (up to the cache's 4 GiB at once).
             policy.prefix_cache.clear()
+        policy.release_buffers()   # the decode engine's reused KV buffers too
         m = trainer.step(groups)
         policy.version = trainer.version
         trajs = [t for g in groups for t in g]
@@ -317,7 +321,8 @@ def _start_or_resume(cfg: RunConfig, out: Path, resume: bool, log: Callable[[str
         log(f"resumed from {ck.path.name}: iteration {run.iteration}, version {trainer.version}, "
             f"buffer {len(run.buffer)}, cursor {run.cursor}")
     policy = HFPolicy(trainer.model, base.tokenizer, name=f"{base.name}-rl", version=trainer.version,
-                      engine=cfg.rollout_engine, precision=cfg.rollout_precision)
+                      engine=cfg.rollout_engine, precision=cfg.rollout_precision,
+                      dedupe_prompts=cfg.rollout_dedupe)
     return trainer, policy, run
 
 

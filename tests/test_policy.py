@@ -553,6 +553,40 @@ def test_static_cache_select_moves_rows_in_place():
         sc.select(torch.tensor([2, 1]))
 
 
+def test_engine_reuses_released_cache_buffers_and_fans_rows_out():
+    """A pooled cache takes a released buffer large enough (no new memory to touch), never one still in use;
+    copy_rows gives every row its source row's filled slots and mask."""
+    from sleuth.policy.engine import DecodeEngine
+    from sleuth.rl.toy import tiny_llama
+
+    eng = DecodeEngine(tiny_llama(seed=3))
+    with torch.inference_mode():
+        a = eng.new_cache(4, 16, pooled=True)
+        b = eng.new_cache(4, 16, pooled=True)            # a is in use: b gets its own memory
+        assert a.k.data_ptr() != b.k.data_ptr()
+        ptr = a.storage.data_ptr()
+        eng.release(a)
+        assert a.storage is None
+        c = eng.new_cache(2, 20, pooled=True)            # smaller than a's buffer: reuses it
+        assert c.storage.data_ptr() == ptr
+        assert eng.new_cache(8, 64, pooled=True).storage.data_ptr() != ptr   # too large for any spare
+        eng.release(b)
+        eng.drop_spare()
+        assert eng._spare == []
+        eng.release(eng.new_cache(2, 4))                 # not pooled: nothing to give back
+        assert eng._spare == []
+
+        src = eng.new_cache(2, 6)
+        k = torch.arange(2.0)[:, None, None, None].expand(2, eng.n_kv, 3, eng.head_dim)
+        src.load([(k + li, -k) for li in range(eng.n_layers)], torch.tensor([[1, 1, 1], [0, 1, 1]]))
+        out = eng.new_cache(3, 6, pooled=True)
+        out.copy_rows(src, [1, 0, 1])
+    assert out.fill == 3
+    assert out.k[1, :, 0, :3, 0].tolist() == [[2.0] * 3, [1.0] * 3, [2.0] * 3]   # layer 1: row + 1
+    assert out.v[0, :, 0, :3, 0].tolist() == [[-1.0] * 3, [0.0] * 3, [-1.0] * 3]
+    assert out.valid[:, :3].long().tolist() == [[0, 1, 1], [1, 1, 1], [0, 1, 1]]
+
+
 def test_engine_follows_lora_weights_and_their_updates():
     """The engine's forward equals the model's (a LoRA adapter merged in) for a prefill and decode steps, and
     after an in-place update it copies the new weights before the next call."""

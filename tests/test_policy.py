@@ -257,43 +257,6 @@ def test_identical_prompts_are_prefilled_once_and_sample_as_before(policy, promp
 
 
 @pytest.mark.slow
-def test_shared_prompt_prefix_is_read_not_copied_and_decodes_like_the_reference(policy, prompts, monkeypatch):
-    """Rows with a long common prefix (and repeated prompts) read one prefilled copy of it in the static
-    engine (``StaticCache.attach_shared``); tokens and log-probs equal transformers' forward, in agent steps
-    that go on from the prefix cache."""
-    from sleuth.policy.engine import StaticCache
-    from sleuth.policy.kvcache import PrefixCache
-
-    common = prompts[1][:-3] + prompts[2]                     # a long shared "system prompt"
-    batch = [common + p[-12:] for p in (prompts[0], prompts[3], prompts[0], prompts[2])]
-    obs = policy.tokenizer.encode("\nObservation: [1] a result.\n")
-    shared_rows = []
-    attach = StaticCache.attach_shared
-    monkeypatch.setattr(StaticCache, "attach_shared",
-                        lambda self, sh, src: (shared_rows.append((sh.k.shape[1], len(src))), attach(self, sh, src)))
-    def steps():   # greedy agent steps over all rows: rows 0 and 2 stay identical
-        seqs, out = [list(p) for p in batch], []
-        for _ in range(3):
-            for i, g in enumerate(policy.generate(seqs, SamplingParams(max_new_tokens=12, temperature=0))):
-                out.append((g.token_ids, g.logprobs))
-                seqs[i] += g.token_ids + obs
-        return out
-    saved = policy.prefix_cache, policy.engine
-    runs = {}
-    try:
-        for engine in ("hf", "static"):
-            policy.engine, policy.prefix_cache = engine, PrefixCache()
-            runs[engine] = steps()
-    finally:
-        policy.prefix_cache, policy.engine = saved
-    assert (1, 3) in shared_rows            # the common prefix: one row read by the 3 distinct prompts
-    assert (3, 4) in shared_rows            # later steps (from the prefix cache): 3 distinct rows read by 4
-    for (t_ref, lp_ref), (t, lp) in zip(runs["hf"], runs["static"]):
-        assert t == t_ref
-        assert lp == pytest.approx(lp_ref, abs=1e-4)
-
-
-@pytest.mark.slow
 def test_prefix_cache_is_dropped_when_weights_change(policy, prompts):
     from sleuth.policy.kvcache import PrefixCache
 

@@ -132,12 +132,6 @@ class StaticCache:
             n = math.prod(shape)
             self.k, self.v = storage[:n].view(shape), storage[n:2 * n].view(shape)
         self.storage = storage
-        # A shared part (``attach_shared``): slots 0..P-1 of every row live once in another cache's rows, which
-        # batch row b reads through src[b]; this cache then holds each row's own slots after them.
-        self.shared: StaticCache | None = None
-        self.src: torch.Tensor | None = None
-        self.slot: torch.Tensor | None = None
-        self.group_rows = 0
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.fill = 0
 
@@ -169,58 +163,20 @@ class StaticCache:
                 self.v[:, j, :, :n] = self.v[:, r, :, :n]
         self.k, self.v = self.k[:, :len(keep)], self.v[:, :len(keep)]
         self.valid = self.valid.index_select(0, rows)
-        if self.shared is not None:   # slots stay distinct within each source row: the grouping still holds
-            self.src, self.slot = self.src[rows], self.slot[rows]
-
-    def attach_shared(self, shared: "StaticCache", src: torch.Tensor) -> None:
-        """Let batch row b read ``shared``'s row src[b] (its filled slots) before its own slots, instead of a
-        copy of it. Why: rows that continue one prompt (a group's trajectories; every row's system prompt)
-        each held a full copy of its keys and values, and a decode step reads every row's cache — with 16-32
-        rows of ~0.5-1k positions, reading those copies was the largest part of a float32 decode step
-        (attention ~30% of an int8 step in a torch profile; 1.4 GB to copy per fan-out in the RL loop)."""
-        self.shared, self.src = shared, src
-        seen: dict[int, int] = {}
-        slot = []
-        for u in src.tolist():
-            slot.append(seen.get(u, 0))
-            seen[u] = slot[-1] + 1
-        self.slot = torch.tensor(slot, dtype=torch.long, device=src.device)
-        self.group_rows = max(seen.values())
-
-    @property
-    def prefix_len(self) -> int:
-        """Slots that come from the shared part (0 without one)."""
-        return self.shared.fill if self.shared is not None else 0
-
-    def row_valid(self) -> torch.Tensor:
-        """[batch, slots] which slots of each row hold a real token, shared slots first."""
-        own = self.valid[:, :self.fill]
-        if self.shared is None:
-            return own
-        return torch.cat([self.shared.valid[self.src, :self.shared.fill], own], dim=1)
 
     def copy_rows(self, src: "StaticCache", rows: list[int]) -> None:
-        """Row i of this cache becomes a copy of ``src``'s row rows[i] (repeats allowed), filled slots only,
-        reading the same shared part if ``src`` has one: a prefill of distinct prompts fanned out."""
+        """Row i of this cache becomes a copy of ``src``'s row rows[i] (repeats allowed), filled slots only: a
+        prefill of distinct prompts fanned out to the rows that share them."""
         n = src.fill
         for j, r in enumerate(rows):
             self.k[:, j, :, :n] = src.k[:, r, :, :n]
             self.v[:, j, :, :n] = src.v[:, r, :, :n]
         self.valid[:, :n] = src.valid[rows, :n]
         self.fill = n
-        if src.shared is not None:
-            self.attach_shared(src.shared, src.src[rows])
 
     def row_kv(self, b: int, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Row b's keys and values at slots ``idx`` (shared slots first, as in ``row_valid``), per layer
-        [kv heads, len, head dim] (for the prefix cache)."""
-        if self.shared is None:
-            return [(self.k[li, b][:, idx].clone(), self.v[li, b][:, idx].clone()) for li in range(self.k.shape[0])]
-        p, u = self.shared.fill, int(self.src[b])
-        a, o = idx[idx < p], idx[idx >= p] - p
-        sh = self.shared
-        return [(torch.cat([sh.k[li, u][:, a], self.k[li, b][:, o]], dim=1),
-                 torch.cat([sh.v[li, u][:, a], self.v[li, b][:, o]], dim=1)) for li in range(self.k.shape[0])]
+        """Row b's keys and values at slots ``idx``, per layer [kv heads, len, head dim] (for the prefix cache)."""
+        return [(self.k[li, b][:, idx].clone(), self.v[li, b][:, idx].clone()) for li in range(self.k.shape[0])]
 
 
 class DecodeEngine:
@@ -321,23 +277,6 @@ class DecodeEngine:
         half = x.shape[-1] // 2
         return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
-    def _shared_decode_attention(self, cache: StaticCache, li: int, q: torch.Tensor, keys: torch.Tensor,
-                                 values: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-        """One query per row over [its source's shared slots | its own slots]. The queries of all rows reading
-        one shared row are stacked into one product with that row's keys (R*g queries instead of g), so the
-        shared keys and values are read once per source, not once per row."""
-        B, nq = q.shape[0], self.n_heads
-        nk, hd = self.n_kv, self.head_dim
-        g, P = nq // nk, cache.prefix_len
-        sh = cache.shared
-        qg = q.reshape(B, nk, g, hd)
-        sc_own = (qg @ keys.transpose(-1, -2)) * scale                                       # [B, nk, g, s1]
-        sc_sh = _ungrouped((_grouped(qg, cache) @ sh.k[li, :, :, :P].transpose(-1, -2)) * scale, cache, g)
-        sc = torch.cat([sc_sh, sc_own], dim=-1).masked_fill(~mask.view(B, 1, 1, -1), float("-inf"))
-        p = torch.softmax(sc, dim=-1)
-        out = p[..., P:] @ values + _ungrouped(_grouped(p[..., :P], cache) @ sh.v[li, :, :, :P], cache, g)
-        return out.reshape(B, nq, 1, hd)
-
     @torch.inference_mode()
     def forward(self, cache: StaticCache, ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor,
                 last_only: bool = True) -> torch.Tensor:
@@ -357,10 +296,6 @@ class DecodeEngine:
             mask = keys_ok[:, None, None, :] & causal[None, None]
             # a padding query row that sees nothing would give NaN; let it see itself (its output is unused)
             mask = mask | _diag(W, s0, s1, ids.device)[None, None]
-        sh, P = cache.shared, cache.prefix_len
-        if sh is not None:   # every query also sees its source row's shared slots
-            sh_ok = sh.valid[cache.src, :P][:, None, None, :]       # [B, 1, 1, P]
-            mask = torch.cat([sh_ok.expand(B, 1, mask.shape[2], P), mask], dim=-1)
         cos, sin = self._rope(pos)
         x = self.embed[ids]
         nq, nk, hd = self.n_heads, self.n_kv, self.head_dim
@@ -375,14 +310,7 @@ class DecodeEngine:
             cache.k[li, :, :, s0:s1] = k
             cache.v[li, :, :, s0:s1] = v
             keys, values = cache.k[li, :, :, :s1], cache.v[li, :, :, :s1]
-            if sh is not None and W == 1:
-                att = self._shared_decode_attention(cache, li, q, keys, values, mask, scale)
-            elif sh is not None:   # a prefill after a shared part: its keys gathered per row, once per call
-                ks = sh.k[li, :, :, :P].index_select(0, cache.src)
-                vs = sh.v[li, :, :, :P].index_select(0, cache.src)
-                att = F.scaled_dot_product_attention(q, torch.cat([ks, keys], 2), torch.cat([vs, values], 2),
-                                                     attn_mask=mask, scale=scale, enable_gqa=nq != nk)
-            elif W == 1:
+            if W == 1:
                 # One query per row: the query heads of a kv head attend as a group, straight off the cache
                 # slices (no contiguous copy of the cache, no repeated kv heads).
                 sc = (q.view(B, nk, nq // nk, hd) @ keys.transpose(-1, -2)) * scale      # [B, nk, g, s1]
@@ -400,20 +328,6 @@ class DecodeEngine:
         if last_only:
             x = x[:, -1]
         return self.head(self._rms(x, self.norm))
-
-
-def _grouped(x: torch.Tensor, cache: StaticCache) -> torch.Tensor:
-    """[B, nk, g, n] per batch row -> [U, nk, R*g, n] per shared row (R rows per source, zero-padded)."""
-    B, nk, g, n = x.shape
-    out = x.new_zeros(cache.shared.k.shape[1], cache.group_rows, nk, g, n)
-    out[cache.src, cache.slot] = x
-    return out.permute(0, 2, 1, 3, 4).reshape(out.shape[0], nk, cache.group_rows * g, n)
-
-
-def _ungrouped(y: torch.Tensor, cache: StaticCache, g: int) -> torch.Tensor:
-    """Inverse of ``_grouped``: [U, nk, R*g, n] -> [B, nk, g, n]."""
-    U, nk, _, n = y.shape
-    return y.view(U, nk, cache.group_rows, g, n).permute(0, 2, 1, 3, 4)[cache.src, cache.slot]
 
 
 def _diag(W: int, s0: int, s1: int, device: torch.device) -> torch.Tensor:

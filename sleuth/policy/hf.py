@@ -486,11 +486,11 @@ class HFPolicy:
             else:
                 # The engine's own arithmetic for the prefix too: its int8/bf16 products are the policy that
                 # samples, and they run the prefix 2-4x faster than the float32 forward.
-                # The engine's rows read this one-row cache as their shared part (_StaticDecoder): no copies.
-                cache = eng.new_cache(1, shared)
-                eng.forward(cache, head, pos, torch.ones_like(head, dtype=torch.bool))
-            if eng is None:
-                cache.batch_repeat_interleave(len(prompts))
+                sc = eng.new_cache(1, shared)
+                eng.forward(sc, head, pos, torch.ones_like(head, dtype=torch.bool))
+                cache = DynamicCache(ddp_cache_data=[(sc.k[li], sc.v[li]) for li in range(eng.n_layers)],
+                                     config=self.model.config)
+            cache.batch_repeat_interleave(len(prompts))
         suffixes = [p[shared:] for p in prompts]
         width = max(len(p) for p in suffixes)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -678,20 +678,16 @@ class _StaticDecoder:
     whole generation, then the engine runs the new tokens and every decode step."""
 
     def __init__(self, eng: DecodeEngine, cache: Any, mask: torch.Tensor, width: int, budget: int):
-        self.eng, self.budget = eng, budget
+        self.eng = eng
         past = mask.shape[1] - width
-        if isinstance(cache, StaticCache):   # a prompt prefix prefilled once: every row reads it, none copies it
-            self.sc: StaticCache = eng.new_cache(mask.shape[0], width + budget, pooled=True)
-            self.sc.attach_shared(cache, torch.zeros(mask.shape[0], dtype=torch.long, device=mask.device))
-        else:
-            self.sc = eng.new_cache(mask.shape[0], mask.shape[1] + budget, pooled=True)
-            if past:
-                self.sc.load([(layer.keys, layer.values) for layer in cache.layers], mask[:, :past])
+        self.sc: StaticCache = eng.new_cache(mask.shape[0], mask.shape[1] + budget, pooled=True)
+        if past:
+            self.sc.load([(layer.keys, layer.values) for layer in cache.layers], mask[:, :past])
         self._new_mask = mask[:, past:]
 
     @property
     def mask(self) -> torch.Tensor:
-        return self.sc.row_valid()
+        return self.sc.valid[:, :self.sc.fill]
 
     def prefill(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         return self.eng.forward(self.sc, ids, pos, self._new_mask)
@@ -703,23 +699,13 @@ class _StaticDecoder:
         self.sc.select(rows)
 
     def expand(self, rows: torch.Tensor) -> None:
-        """Fan the prefilled distinct prompts out to the batch: the prefilled rows become the shared part that
-        the batch's rows read (no copy), unless the cache already reads one — then its own slots (a short
-        suffix after a shared prompt prefix) are copied."""
-        if self.sc.shared is not None:
-            full = self.eng.new_cache(len(rows), self.sc.capacity, pooled=True)
-            full.copy_rows(self.sc, rows.tolist())
-            self.eng.release(self.sc)
-        else:
-            full = self.eng.new_cache(len(rows), self.budget, pooled=True)
-            full.attach_shared(self.sc, rows)
+        full = self.eng.new_cache(len(rows), self.sc.capacity, pooled=True)
+        full.copy_rows(self.sc, rows.tolist())
+        self.eng.release(self.sc)
         self.sc = full
 
     def release(self) -> None:
-        sh = self.sc.shared
         self.eng.release(self.sc)
-        if sh is not None:
-            self.eng.release(sh)
 
     def row_kv(self, b: int, idx: torch.Tensor):
         return self.sc.row_kv(b, idx)

@@ -40,7 +40,7 @@ from sleuth.policy.base import SamplingParams  # noqa: E402
 from sleuth.policy.hf import HFPolicy  # noqa: E402
 from sleuth.rl.config import TrainConfig  # noqa: E402
 from sleuth.rl.reinforce import ReinforceTrainer  # noqa: E402
-from train_step import agent_groups  # noqa: E402
+from train_step import agent_groups, capture_first_gradient, relative_l2  # noqa: E402
 
 
 def load(model_dir: Path):
@@ -118,20 +118,14 @@ def update(model, tok, dev, batch: int, steps: int) -> dict:
 
 
 def gradient(model, tok, dev) -> dict:
-    grads = {}
+    grads: dict[str, list[torch.Tensor]] = {}
     for d in ("cpu", str(dev)):
         tr = ReinforceTrainer(copy.deepcopy(model), tok, TrainConfig(lr=1e-6, micro_batch_size=4, max_seq_len=4096,
                                                                      device=d))
-        step = tr.optimizer.step
-
-        def snap(*a, _tr=tr, _d=d, _step=step, **k):
-            grads[_d] = [p.grad.detach().float().cpu().clone() for p in _tr.params]
-            return _step(*a, **k)
-        tr.optimizer.step = snap
+        capture_first_gradient(tr, grads, d)
         tr.step(agent_groups(4, 4, model.config.vocab_size, tr.version, seed=99))
         del tr
-    a, b = grads["cpu"], grads[str(dev)]
-    rel = float(torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(a, b))) / torch.sqrt(sum((x ** 2).sum() for x in a)))
+    rel = relative_l2(grads["cpu"], grads[str(dev)])
     return {"rows": 4, "relative_l2_diff_vs_cpu": rel, "tolerance": 1e-3, "within_tolerance": rel < 1e-3}
 
 

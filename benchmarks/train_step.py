@@ -114,6 +114,23 @@ def agent_groups(B: int, group: int, vocab: int, version: int, prefix: int = 386
     return [trajs[i:i + group] for i in range(0, B, group)]
 
 
+def capture_first_gradient(trainer: ReinforceTrainer, store: dict, key: str) -> None:
+    """Record ``trainer``'s gradients (float32, on the CPU) in ``store[key]`` just before its first optimizer step."""
+    step = trainer.optimizer.step
+
+    def snapshot(*args, **kw):
+        if key not in store:
+            store[key] = [p.grad.detach().float().cpu().clone() for p in trainer.params]
+        return step(*args, **kw)
+    trainer.optimizer.step = snapshot
+
+
+def relative_l2(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """‖a − b‖ / ‖a‖ over lists of tensors (e.g. two trainers' gradients)."""
+    num = torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(a, b)))
+    return float(num / torch.sqrt(sum((x ** 2).sum() for x in a)))
+
+
 COMPARISONS = {   # --compare: the former path first, then the new one
     "prefix": {"full_rows": {"share_prefix": False}, "shared_prefix": {"share_prefix": True}},
     # bfloat16 autocast of the update's products (weights, gradients and optimizer state stay float32), both
@@ -122,7 +139,7 @@ COMPARISONS = {   # --compare: the former path first, then the new one
 }
 
 
-def compare_prefix(a, base, tok, mode: str = "prefix") -> dict:
+def compare_updates(a, base, tok, mode: str) -> dict:
     """sleuth's update two ways (``COMPARISONS[mode]``: the former path, then the new one), same batch,
     alternating steps."""
     B, G, lr = a.batch, a.group, 1e-6
@@ -132,13 +149,7 @@ def compare_prefix(a, base, tok, mode: str = "prefix") -> dict:
         for name, kw in sides.items()}
     grads: dict[str, list[torch.Tensor]] = {}
     for name, tr in trainers.items():
-        step = tr.optimizer.step
-
-        def snapshot(*args, _tr=tr, _name=name, _step=step, **kw):
-            if _name not in grads:
-                grads[_name] = [p.grad.detach().clone() for p in _tr.params]
-            return _step(*args, **kw)
-        tr.optimizer.step = snapshot
+        capture_first_gradient(tr, grads, name)
     times: dict[str, list[float]] = {n: [] for n in trainers}
     cpu_times: dict[str, list[float]] = {n: [] for n in trainers}
     tokens = 0
@@ -162,8 +173,7 @@ def compare_prefix(a, base, tok, mode: str = "prefix") -> dict:
     first, second = list(sides)
     ga, gb = grads[first], grads[second]
     diff = max(float((x - y).abs().max()) for x, y in zip(ga, gb))
-    rel = float(torch.sqrt(sum(((x - y) ** 2).sum() for x, y in zip(ga, gb))) /
-                torch.sqrt(sum((x ** 2).sum() for x in ga)))
+    rel = relative_l2(ga, gb)
     med = {k: statistics.median(v) for k, v in times.items()}
     tps = {k: tokens / v for k, v in med.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpu_times.items()}
@@ -243,7 +253,7 @@ def main() -> None:
     if a.compare in COMPARISONS:
         second = list(COMPARISONS[a.compare])[1]
         result = {"model": "SmolLM2-135M-Instruct (" + source + "), float32 weights, CPU",
-                  **compare_prefix(a, base, tok, a.compare),
+                  **compare_updates(a, base, tok, a.compare),
                   "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
                   "versions": {"torch": torch.__version__}, "cpu": cpu_info()}
         out = Path(a.out or RESULTS.with_name(f"train_step_{a.compare}.json"))

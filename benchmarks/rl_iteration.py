@@ -11,6 +11,7 @@ from other processes hits every side alike, with the same seed and tasks:
   the int8 policy gap needs (``rl.tis_cap = 2``), and the shared-prefix update
 * ``fast-bf16``: the static engine in bfloat16 (``rollout_precision = "bf16"``, ``rl.tis_cap = 2``), shared prefix
 * ``fast-bf16-update``: float32 static-engine rollouts, the update under bfloat16 autocast (``rl.bf16 = true``)
+* ``fast-bf16-all``: bfloat16 rollouts (``rl.tis_cap = 2``) and the bfloat16 update
 * ``fast-llama``: llama.cpp rollouts on the float32 weights (``rollout_engine = "llama"``), shared-prefix update
 * ``fast-llama-q8``: llama.cpp on q8_0 weights with the truncated importance weight ``tis_cap = 2``
 
@@ -57,6 +58,9 @@ SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False, "rollout_d
                        "rl_share_prefix": True},
          # float32 rollouts (the same trajectories as former's first iteration), the update under bfloat16 autocast
          "fast-bf16-update": {"rollout_engine": "static", "rl_share_prefix": True, "rl_bf16": True},
+         # bfloat16 both ways: rollouts by the bf16 engine (truncated IS for its gap) and the update under autocast
+         "fast-bf16-all": {"rollout_engine": "static", "rollout_precision": "bf16", "rl_tis_cap": 2.0,
+                           "rl_share_prefix": True, "rl_bf16": True},
          # llama.cpp on the float32 weights (float16 KV cache): log-probs within ~1e-2 of the trainer's
          "fast-llama": {"rollout_engine": "llama", "rl_share_prefix": True},
          "fast-llama-q8": {"rollout_engine": "llama", "rollout_precision": "int8", "rl_tis_cap": 2.0,

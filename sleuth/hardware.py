@@ -33,3 +33,16 @@ def cpu_flags() -> frozenset[str]:
 def has_vnni() -> bool:
     """VNNI int8 dot products (AVX512-VNNI or AVX-VNNI)."""
     return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
+
+
+def has_native_bf16() -> bool:
+    """bfloat16 dot products in hardware (AVX512-BF16 or AMX). With them oneDNN's bfloat16 products run ~2x
+    float32's; without them PyTorch emulates bfloat16 on the CPU, several times slower than float32."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def auto_bf16(device: str = "cpu") -> bool:
+    """What ``"auto"`` precision settings resolve to: bfloat16 on a CPU with native bfloat16, float32 elsewhere
+    — on CPUs without it bfloat16 is slower, and on a GPU (an H200) the 135M policy's update and decoding are
+    bound by kernel launches, where bfloat16 measured no faster (``benchmarks/results/gpu_check_h200.json``)."""
+    return str(device).startswith("cpu") and has_native_bf16()

@@ -255,3 +255,26 @@ def test_resume_takes_the_learning_rate_from_the_config(setup):
     cfg.rl.lr = 1e-5
     trainer, _, _ = _start_or_resume(cfg, out, True, lambda s: None)
     assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-5]
+
+
+@pytest.mark.parametrize("flags,want", [({"avx2", "avx512f", "avx512_bf16"}, True), ({"avx2", "amx_bf16"}, True),
+                                        ({"avx2", "fma"}, False)])
+def test_auto_precision_follows_the_cpu(monkeypatch, flags, want):
+    """"auto" resolves to bfloat16 rollouts and update only where the CPU has native bfloat16 (elsewhere it is
+    slower than float32), to float32 for a GPU update, and bf16 rollouts still demand tis_cap."""
+    from sleuth import hardware
+    from sleuth.rl.train import load_run_config
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    cfg = load_run_config(None, rollout_engine="static", rollout_precision="auto", rl_bf16="auto", rl_tis_cap=2.0)
+    assert cfg.rollout_precision == ("bf16" if want else "fp32") and cfg.rl.bf16 is want
+    gpu = load_run_config(None, rollout_engine="static", rollout_precision="auto", rl_bf16="auto",
+                          rl_device="cuda")
+    assert gpu.rollout_precision == "fp32" and gpu.rl.bf16 is False
+    if want:
+        with pytest.raises(ValueError, match="tis_cap"):
+            load_run_config(None, rollout_engine="static", rollout_precision="auto")
+    else:
+        assert load_run_config(None, rollout_engine="static", rollout_precision="auto").rollout_precision == "fp32"
+    with pytest.raises(ValueError, match="bf16 must be"):
+        load_run_config(None, rl_bf16="yes")

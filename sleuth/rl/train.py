@@ -87,9 +87,11 @@ class RunConfig:
     to GGUF after every update; needs llama-cpp-python) — benchmarks/rollout_throughput.py."""
     rollout_precision: str = "fp32"
     """The engine's arithmetic: "fp32" (static: the trainer's, log-probs agree to ~1e-5; llama: float32 weights,
-    float16 KV cache), "bf16" (bfloat16 products: ~2x float32 on CPUs with AVX512-BF16, log-prob gap ~0.02) or
-    "int8" (static: fbgemm int8 layers; llama: q8_0 weights; fastest, gap ~0.3-0.5). bf16 and int8 are slightly
-    different policies: they need rl.tis_cap > 0 so the update corrects the gap with importance weights."""
+    float16 KV cache), "bf16" (bfloat16 products: ~2x float32 on CPUs with AVX512-BF16, log-prob gap ~0.02),
+    "int8" (static: fbgemm int8 layers; llama: q8_0 weights; fastest, gap ~0.3-0.5) or "auto" (bf16 where the
+    CPU has native bfloat16 and the policy runs on the CPU, else fp32: ``sleuth.hardware.auto_bf16``). bf16 and
+    int8 are slightly different policies: they need rl.tis_cap > 0 so the update corrects the gap with
+    importance weights."""
     rollout_dedupe: bool = True
     """Prefill identical prompts of one generation call once and copy their KV to every row that shares them
     (a group's trajectories often write the same first steps): same tokens and log-probs, less prefill."""
@@ -108,8 +110,22 @@ class RunConfig:
 
             if not llamacpp.available():
                 raise ValueError(f"rollout_engine = 'llama': {llamacpp.INSTALL_HINT}")
-        if self.rollout_precision not in PRECISIONS:
-            raise ValueError(f"rollout_precision must be one of {PRECISIONS}, got {self.rollout_precision!r}")
+        if self.rollout_precision not in PRECISIONS + ("auto",):
+            raise ValueError(f"rollout_precision must be one of {PRECISIONS + ('auto',)}, "
+                             f"got {self.rollout_precision!r}")
+
+
+def resolve_precision(cfg: RunConfig) -> RunConfig:
+    """``rollout_precision = "auto"`` made concrete for the device the policy runs on (the update's): bf16 on a
+    CPU with native bfloat16, fp32 elsewhere. Idempotent."""
+    if cfg.rollout_precision == "auto":
+        from sleuth.hardware import auto_bf16
+
+        cfg.rollout_precision = "bf16" if auto_bf16(cfg.rl.device) else "fp32"
+    if cfg.rollout_engine != "hf" and cfg.rollout_precision != "fp32" and cfg.rl.tis_cap <= 0:
+        raise ValueError(f"rollout_precision = {cfg.rollout_precision!r} samples from a slightly different policy "
+                         "than the trainer's: set rl.tis_cap (e.g. 2.0) so the update corrects the gap")
+    return cfg
 
 
 AGENT_KEYS = ("prompt", "max_steps", "max_new_tokens", "search_k")
@@ -132,10 +148,7 @@ def load_run_config(path: str | Path | None = None, **overrides: Any) -> RunConf
     cfg.warm_start = _build(WarmStartConfig, warm, "warm_start")
     reward = rl.pop("reward", {})
     cfg.rl = load_config(None, **{**rl, **rl_over, "reward": reward})
-    if cfg.rollout_engine != "hf" and cfg.rollout_precision != "fp32" and cfg.rl.tis_cap <= 0:
-        raise ValueError(f"rollout_precision = {cfg.rollout_precision!r} samples from a slightly different policy "
-                         "than the trainer's: set rl.tis_cap (e.g. 2.0) so the update corrects the gap")
-    return cfg
+    return resolve_precision(cfg)
 
 
 def build_judge(cfg: RunConfig):
@@ -205,6 +218,7 @@ def train(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, iteratio
     from sleuth.rl.checkpoint import save
 
     judge = build_judge(cfg)   # first: a judge without its model or key fails before anything loads
+    resolve_precision(cfg)
     out = Path(out_dir)
     trainer, policy, run = _start_or_resume(cfg, out, resume, log)
     rollout = _make_rollout(cfg, policy, judge, log)

@@ -6,7 +6,9 @@ from other processes hits every side alike, with the same seed and tasks:
 
 * ``former``:    ``rollout_engine = "hf"`` (transformers' forward), ``rl.share_prefix = false`` and
   ``rollout_dedupe = false`` (every row prefilled, identical prompts too)
-* ``fast``:      ``rollout_engine = "static"`` and the shared-prefix update (the default)
+* ``recipe``:    the stage config unchanged (static engine; ``"auto"`` precision: bfloat16 rollouts and update on a
+  CPU with native bfloat16, float32 elsewhere)
+* ``fast``:      ``rollout_engine = "static"`` and the shared-prefix update, float32
 * ``fast-int8``: the static engine in int8 (``rollout_precision = "int8"``) with the truncated importance weight
   the int8 policy gap needs (``rl.tis_cap = 2``), and the shared-prefix update
 * ``fast-bf16``: the static engine in bfloat16 (``rollout_precision = "bf16"``, ``rl.tis_cap = 2``), shared prefix
@@ -49,7 +51,11 @@ from sleuth.rl.train import load_run_config, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "rl_iteration.json"
+# Every side but "recipe" runs in float32 unless it says otherwise, whatever precision the recipe's config asks for
+FLOAT32 = {"rollout_precision": "fp32", "rl_bf16": False}
 SIDES = {"former": {"rollout_engine": "hf", "rl_share_prefix": False, "rollout_dedupe": False},
+         # the stage config as it is (its "auto" precision: bfloat16 on a CPU with native bfloat16)
+         "recipe": {},
          "fast": {"rollout_engine": "static", "rl_share_prefix": True},
          # int8 rollouts sample from a slightly different policy: the update corrects it (truncated IS)
          "fast-int8": {"rollout_engine": "static", "rollout_precision": "int8", "rl_tis_cap": 2.0,
@@ -91,7 +97,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="rl-iteration-"))
     def config(side: str):
         cfg = load_run_config(a.config, model=a.model, tasks="dev", reachable_k=0, threads=a.threads,
-                              **{"rl_seed": a.seed, **SIDES[side],
+                              **{"rl_seed": a.seed, **({} if side == "recipe" else FLOAT32), **SIDES[side],
                                  **({"rl_tasks_per_iteration": a.tasks_per_iteration} if a.tasks_per_iteration else {}),
                                  **({"rl_group_size": a.group_size} if a.group_size else {})})
         cfg.rollout_seconds = None

@@ -129,11 +129,15 @@ def main() -> None:
     load_s = time.perf_counter() - t0
     prompts = build_prompts(policy, cfg.batch)
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-    for name in names:                    # warm-up (and, for the static engines, copying the weights)
+    warmup = {}
+    # warm-up, which prepares each engine's weights once (copied, fused, converted to its precision; the policy
+    # keeps one prepared engine per precision, so the timed runs below measure generation only)
+    for name in names:
         policy.engine, policy.precision = ENGINES[name]
         t = time.perf_counter()
         policy.generate(prompts[:2], SamplingParams(max_new_tokens=4, temperature=cfg.temperature))
-        print(f"warm-up {name}: {time.perf_counter() - t:.1f}s", flush=True)
+        warmup[name] = round(time.perf_counter() - t, 2)
+        print(f"warm-up {name}: {warmup[name]:.1f}s", flush=True)
 
     runs: dict[str, list[dict]] = {n: [] for n in names}
     last_gens = {}
@@ -175,6 +179,9 @@ def main() -> None:
         "speedup_vs_hf_cpu_time": {n: round(e["tokens_per_cpu_s_median"] / engines["hf"]["tokens_per_cpu_s_median"], 2)
                                    for n, e in engines.items()} if base else {},
         "greedy_vs_hf": greedy_agreement(policy, prompts, names),
+        # 2 prompts x 4 tokens, including the engine's one-time weight preparation (once per set of weights: in
+        # RL once per update)
+        "warmup_seconds": warmup,
         # Writing the weights to GGUF and loading them into llama.cpp (once per set of weights, after each update).
         "llama_weights_load_seconds": {w: round(e.export_seconds / max(e.loads, 1), 2) for w, e in policy._llama.items()},
         "load_average_before": [round(x, 2) for x in load_before],

@@ -182,7 +182,9 @@ class HFPolicy:
         # "llama": llama.cpp sampling the current weights written to GGUF (llamacpp.py; fp32 -> f32 weights,
         # bf16 -> bf16, int8 -> q8_0), needs llama-cpp-python.
         self.engine, self.precision = engine, precision
-        self._decoder: DecodeEngine | None = None
+        # decode engines by precision: switching precision (a benchmark interleaving engines) keeps each one's
+        # prepared weights instead of preparing them again (~1 s for int8) inside the next generate call
+        self._decoders: dict[str, DecodeEngine] = {}
         self._llama: dict[str, Any] = {}        # llama.cpp engines by weight type
         self.llama_slot_ctx = 2048                # positions per row in the llama engine (prompt + new tokens)
         self.gguf_template: Path | None = None   # metadata for the llama engine's GGUF (default: embedded model)
@@ -411,18 +413,19 @@ class HFPolicy:
     def release_buffers(self) -> None:
         """Free the decode engine's kept KV buffers (``DecodeEngine.new_cache``): a trainer calls this when
         its rollouts end, so the update has the memory."""
-        if self._decoder is not None:
-            self._decoder.drop_spare()
+        for eng in self._decoders.values():
+            eng.drop_spare()
 
     def decode_engine(self) -> DecodeEngine | None:
         """The lean decode engine with the model's current weights (None: the reference path is used)."""
         if self.engine != "static" or not supports(self.model):
             return None
-        if self._decoder is None or self._decoder.precision != self.precision:
-            self._decoder = DecodeEngine(self.model, self.precision)
+        eng = self._decoders.get(self.precision)
+        if eng is None:
+            eng = self._decoders[self.precision] = DecodeEngine(self.model, self.precision)
         else:
-            self._decoder.refresh()
-        return self._decoder
+            eng.refresh()
+        return eng
 
     @torch.inference_mode()   # like generate: the engine's pooled KV buffers are inference tensors
     def _prefill_in_buckets(self, prompts: list[list[int]], reuse: list[tuple[int, int | None]]) -> bool:

@@ -7,7 +7,9 @@ twice, entropy — with bootstrap intervals for the difference between variants.
     python benchmarks/rl_seed_ablation.py --base configs/recipe/research.toml \\
         --model sleuth/policies/sleuth-135m-rl --root runs/ablation/research --seeds 0,1,2 --iterations 6 \\
         --last 4 --variant "recipe=" --variant "gamma-decay off=rl.reward.gamma_decay=false" \\
-        --variant "negative drop off=rl.negative_drop_frac=0" --out benchmarks/results/rl_research_ablation
+        --variant "negative drop off=rl.negative_drop_frac=0" --set rollout_engine=hf \\
+        --set rollout_precision=fp32 --set rl.bf16=false --set rl.tis_cap=0 \\
+        --out benchmarks/results/rl_research_ablation
 
 Each run is a plain `sleuth train` (its config.toml, train.log, metrics.jsonl and rollouts.jsonl sit in
 ROOT/<variant>-s<seed>/; the stage's index and task files are built first from configs/recipe.toml when missing);

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,6 +76,25 @@ def test_onnx_int8_agrees_with_pytorch_on_the_real_model(onnx, torch_emb):
     # bucketing by length reorders the batches, never the rows; one batch of queries gives the same vectors
     assert np.abs(onnx.encode(texts[:3]) - a[:3]).max() < 1e-4
     assert np.abs(onnx.embed(texts[::-1], batch_size=2)[::-1] - a).max() < 1e-4
+
+
+def test_export_keeps_layer_norm_unfused(onnx):
+    """The export writes residual + LayerNorm as plain nodes (ONNX Runtime's fused SkipLayerNormalization kernel
+    was ~6x slower on CPU) and the session keeps the runtime from fusing them back."""
+    import onnx as onnx_lib
+    import onnxruntime as ort
+
+    ops = {n.op_type for n in onnx_lib.load(str(onnx.path)).graph.node}
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(onnx.path.with_name("optimized-check.onnx"))
+    try:
+        ort.InferenceSession(str(onnx.path), so, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=emb_mod.SKIP_FUSION)
+        ops = {n.op_type for n in onnx_lib.load(so.optimized_model_filepath).graph.node}
+    finally:
+        Path(so.optimized_model_filepath).unlink(missing_ok=True)
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops
 
 
 def test_fallback_to_pytorch_when_onnxruntime_is_missing(monkeypatch, caplog):

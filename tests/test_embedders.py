@@ -167,6 +167,18 @@ def test_rebuild_with_another_embedder_reuses_nothing(home, jsonl, onnx, torch_e
     assert (d["embedded"], d["reused"]) == (0, len(PASSAGES))
 
 
+def test_rebuild_after_another_export_reembeds(home, jsonl, onnx, monkeypatch):
+    """An index records its embedder's version (the int8 export recipe); a rebuild after the export changed
+    re-embeds every passage instead of keeping the old export's vectors."""
+    build_index(jsonl, name="t", progress=False, use_prebuilt=False)
+    d = open_index("t").meta["engines"]["dense"]
+    assert d["embedder_version"] == emb_mod.OnnxEmbedder.version and d["embedded"] == len(PASSAGES)
+    monkeypatch.setattr(type(onnx), "version", "another-export")
+    build_index(jsonl, name="t", progress=False, use_prebuilt=False)
+    d = open_index("t").meta["engines"]["dense"]
+    assert (d["embedder_version"], d["embedded"], d["reused"]) == ("another-export", len(PASSAGES), 0)
+
+
 class Counting:
     """The real embedder, with a record of what it was asked to encode."""
 

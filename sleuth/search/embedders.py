@@ -121,6 +121,7 @@ def st_encode(model, texts: list[str]) -> np.ndarray:
 
 class TorchEmbedder:
     kind = "torch"
+    version = None        # the model's own PyTorch forward: nothing of ours to change
 
     def __init__(self, max_tokens: int = 128, model_dir: str | Path | None = None):
         self.model = load_sentence_transformer(max_tokens, model_dir)
@@ -256,6 +257,7 @@ SKIP_FUSION = ["SkipLayerNormFusion"]   # ONNX Runtime's own optimizer would fus
 
 class OnnxEmbedder:
     kind = "onnx-int8"
+    version = _EXPORT_RECIPE   # an index records it: vectors of another export are not reused by a rebuild
 
     def __init__(self, max_tokens: int = 128, model_dir: str | Path | None = None):
         import onnxruntime as ort

@@ -118,15 +118,16 @@ def _read(source, bar: _Bar, skipped: list[str]) -> list[Passage]:
     return passages
 
 
-def _previous_embeddings(target: Path, model: str, max_tokens: int,
-                         embedder: str) -> tuple[dict[str, int], np.ndarray] | None:
+def _previous_embeddings(target: Path, model: str, max_tokens: int, embedder: str,
+                         version: str | None = None) -> tuple[dict[str, int], np.ndarray] | None:
     """(content hash -> row, embeddings) of the current index when its embeddings are reusable: same model,
-    same truncation and same embedder (int8 and float32 vectors of one text differ slightly)."""
+    same truncation, same embedder (int8 and float32 vectors of one text differ slightly) and the same version
+    of it (another int8 export rounds differently; indexes from before versions were recorded have none)."""
     try:
         meta = json.loads((target / META).read_text())
         d = meta["engines"]["dense"]
         if (not d or d["model"] != model or d["max_tokens"] != max_tokens
-                or d.get("embedder", "torch") != embedder):
+                or d.get("embedder", "torch") != embedder or d.get("embedder_version") != version):
             return None
         emb = np.load(target / "dense" / "embeddings.npy", mmap_mode="r")
         hashes = DocStore(target / "docs.sqlite").hashes()
@@ -168,7 +169,9 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
             dim = embedder.dim
             emb = np.zeros((len(passages), dim), dtype=np.float32)
             todo = list(range(len(passages)))
-            prev = _previous_embeddings(target, dense_mod.MODEL_NAME, dense_config.max_tokens, embedder.kind)
+            version = getattr(embedder, "version", None)
+            prev = _previous_embeddings(target, dense_mod.MODEL_NAME, dense_config.max_tokens, embedder.kind,
+                                        version)
             if prev is not None and prev[1].shape[1] == dim:
                 old_rows, old_emb = prev
                 reuse = [(i, old_rows[h]) for i, h in enumerate(hashes) if h in old_rows]
@@ -202,7 +205,8 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
             findex = dense_mod.build_faiss(emb, dense_config)
             faiss.write_index(findex, str(work / "dense" / "faiss.index"))
             seconds["faiss"] = time.perf_counter() - t
-            dense_meta = {"model": dense_mod.MODEL_NAME, "embedder": embedder.kind, "dim": dim,
+            dense_meta = {"model": dense_mod.MODEL_NAME, "embedder": embedder.kind, "embedder_version": version,
+                          "dim": dim,
                           "max_tokens": dense_config.max_tokens,
                           "normalized": True, "faiss": dense_mod.index_kind(findex),
                           "nprobe": dense_config.nprobe if dense_mod.index_kind(findex) != "IndexFlatIP" else None,

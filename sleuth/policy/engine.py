@@ -265,8 +265,9 @@ class DecodeEngine:
 
     # ------------------------------------------------------------------------------------------ forward
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        # torch's fused RMSNorm: the same arithmetic as transformers' (x * rsqrt(mean(x²) + eps) * w) in one op
-        # instead of six, which matters when a decode step is ~35 ms spread over ~1,000 small ops
+        # torch's RMSNorm: the same arithmetic as transformers' (x * rsqrt(mean(x²) + eps) * w) in one call instead
+        # of six Python-level ops (on a CPU torch still runs a few kernels), which matters when a decode step is
+        # ~35 ms spread over ~1,000 small ops
         return F.rms_norm(x, (x.shape[-1],), w, self.eps)
 
     def _rope(self, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

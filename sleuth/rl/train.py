@@ -80,11 +80,12 @@ class RunConfig:
     """Partial rollout: generated-token budget per iteration."""
     threads: int = 0
     """torch threads (0 = torch default)."""
-    rollout_engine: str = "hf"
-    """How rollouts decode: "hf" (transformers' generic forward), "static" (sleuth's lean engine: static KV cache,
-    fused products, weights refreshed after every update; same tokens and log-probs, measured no faster in float32
-    on a 2-core CPU, where decoding is bound by the matrix products) or "llama" (llama.cpp on the weights written
-    to GGUF after every update; needs llama-cpp-python) — benchmarks/rollout_throughput.py."""
+    rollout_engine: str = "static"
+    """How rollouts decode: "static" (sleuth's lean engine: static KV cache, fused products, weights refreshed after
+    every update; the same tokens and log-probs as "hf" to ~1e-5, 1.07x its tokens/s in float32 and the engine of
+    the bf16/int8 precisions; transformers' forward where the model is not Llama-architecture), "hf" (transformers'
+    generic forward, the default before stop 31) or "llama" (llama.cpp on the weights written to GGUF after every
+    update; needs llama-cpp-python) — benchmarks/rollout_throughput.py."""
     rollout_precision: str = "fp32"
     """The engine's arithmetic: "fp32" (static: the trainer's, log-probs agree to ~1e-5; llama: float32 weights,
     float16 KV cache), "bf16" (bfloat16 products: ~2x float32 on CPUs with AVX512-BF16, log-prob gap ~0.02),

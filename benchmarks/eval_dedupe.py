@@ -26,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from machine import cpu as cpu_info  # noqa: E402
+from machine import cpu as cpu_info, write_result  # noqa: E402
 from sleuth.agent import Environment  # noqa: E402
 from sleuth.evals.run import EvalConfig, _resolve_agent_settings, run_eval  # noqa: E402
 from sleuth.policy.loader import load_policy  # noqa: E402
@@ -81,11 +81,7 @@ def main() -> None:
         "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__, "cpu": cpu_info(),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("median_seconds", "speedup", "identical_answers")}, indent=2))
-    print(f"wrote {out}")
+    write_result(a.out, result, ("median_seconds", "speedup", "identical_answers"))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ and ``--threads`` torch threads. ``former`` and ``fast`` sample the same tokens;
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -45,7 +44,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from machine import cpu as cpu_info  # noqa: E402
+from machine import cpu as cpu_info, write_result  # noqa: E402
 
 from sleuth.rl.train import load_run_config, train  # noqa: E402
 
@@ -158,11 +157,7 @@ def main() -> None:
         "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__, "cpu": cpu_info(),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("median", "speedup_vs_former")}, indent=2))
-    print(f"wrote {out}")
+    write_result(a.out, result, ("median", "speedup_vs_former"))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from machine import cpu as cpu_info  # noqa: E402
+from machine import cpu as cpu_info, write_result  # noqa: E402
 
 from sleuth import paths  # noqa: E402
 from sleuth.policy.base import SamplingParams  # noqa: E402
@@ -190,11 +190,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
         "cpu": cpu_info(),
     }
-    out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("speedup_vs_hf", "speedup_vs_hf_cpu_time", "greedy_vs_hf")}, indent=2))
-    print(f"wrote {out}")
+    write_result(cfg.out, result, ("speedup_vs_hf", "speedup_vs_hf_cpu_time", "greedy_vs_hf"))
 
 
 if __name__ == "__main__":

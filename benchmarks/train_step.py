@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import statistics
 import sys
@@ -50,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from machine import cpu as cpu_info  # noqa: E402
+from machine import cpu as cpu_info, write_result  # noqa: E402
 from sleuth import paths  # noqa: E402
 from sleuth.rl.config import TrainConfig  # noqa: E402
 from sleuth.rl.reinforce import ReinforceTrainer  # noqa: E402
@@ -256,12 +255,9 @@ def main() -> None:
                   **compare_updates(a, base, tok, a.compare),
                   "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()],
                   "versions": {"torch": torch.__version__}, "cpu": cpu_info()}
-        out = Path(a.out or RESULTS.with_name(f"train_step_{a.compare}.json"))
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        print(json.dumps({k: result[k] for k in ("tokens_per_s", f"speedup_{second}", "tokens_per_cpu_s",
-                                                 f"speedup_{second}_cpu_time", "first_step_gradient")},
-                         indent=2))
-        print(f"wrote {out}")
+        write_result(a.out or RESULTS.with_name(f"train_step_{a.compare}.json"), result,
+                     ("tokens_per_s", f"speedup_{second}", "tokens_per_cpu_s", f"speedup_{second}_cpu_time",
+                      "first_step_gradient"))
         return
     ids, rewards = make_batch(B, L, P, base.config.vocab_size)
 
@@ -318,12 +314,7 @@ def main() -> None:
         "trl_setup": "GRPOConfig(beta=0, loss_type='dapo', scale_rewards='none', bf16=False, "
                      "gradient_checkpointing=False, use_cpu=True); compute_loss + backward + optimizer",
     }
-    out = Path(a.out or RESULTS)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("tokens_per_s", "speedup_sleuth_vs_trl", "first_step_grad_norm")},
-                     indent=2))
-    print(f"wrote {out}")
+    write_result(a.out or RESULTS, result, ("tokens_per_s", "speedup_sleuth_vs_trl", "first_step_grad_norm"))
 
 
 if __name__ == "__main__":

@@ -311,7 +311,8 @@ def test_prebuilt_pack_supplies_matching_passages_only(home, tmp_path, monkeypat
     d = open_index("exact").meta["engines"]["dense"]
     hashes = [content_hash(Passage(p["id"], p["title"], p["text"])) for p in PASSAGES]
     pack_dir = tmp_path / "packs"
-    prebuilt.write_pack(hashes[:4], exact[:4], d["model"], d["embedder"], d["max_tokens"], pack_dir)
+    prebuilt.write_pack(hashes[:4], exact[:4], d["model"], d["embedder"], d["max_tokens"], pack_dir,
+                        version=d["embedder_version"])
     prebuilt.write_pack(hashes, exact * 0, d["model"], "another-backend", d["max_tokens"], pack_dir)
     monkeypatch.setattr(prebuilt, "PACK_DIR", pack_dir)
 
@@ -346,6 +347,9 @@ def test_pack_roundtrip_and_damaged_pack_is_a_miss(tmp_path):
     found, vecs = prebuilt.lookup(pack, [hashes[7], "f" * 40, hashes[3]])
     assert found == [0, 2] and ((vecs * emb[[7, 3]]).sum(1) > 0.999).all()
     assert prebuilt.load_pack("m", "e", 256, tmp_path) is None
+    prebuilt.write_pack(hashes, emb, "m", "e", 128, tmp_path / "v", version="export-1")   # another export's pack
+    assert prebuilt.load_pack("m", "e", 128, tmp_path / "v", version="export-2") is None
+    assert prebuilt.load_pack("m", "e", 128, tmp_path / "v", version="export-1") is not None
     with pytest.raises(ValueError, match="share"):
         prebuilt.write_pack([hashes[0], hashes[0]], emb[:2], "m", "e", 128, tmp_path / "dup")
     (tmp_path / f"{prebuilt.pack_name('m', 'e', 128)}.npz").write_bytes(b"not a zip")

@@ -42,6 +42,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 class Embedder(Protocol):
     kind: str
+    version: str | None
+    """What computes the vectors within a kind (the int8 export recipe); an index records it."""
     dim: int
     max_tokens: int
 

@@ -169,7 +169,7 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
             dim = embedder.dim
             emb = np.zeros((len(passages), dim), dtype=np.float32)
             todo = list(range(len(passages)))
-            version = getattr(embedder, "version", None)
+            version = embedder.version
             prev = _previous_embeddings(target, dense_mod.MODEL_NAME, dense_config.max_tokens, embedder.kind,
                                         version)
             if prev is not None and prev[1].shape[1] == dim:
@@ -180,7 +180,8 @@ def _build_into(work: Path, target: Path, name: str, source, *, dense: bool, bat
                     emb[new_i] = old_emb[old_i]
                     todo = sorted(set(todo) - set(new_i.tolist()))
             shipped = 0
-            pack = prebuilt.load_pack(dense_mod.MODEL_NAME, embedder.kind, dense_config.max_tokens) \
+            pack = prebuilt.load_pack(dense_mod.MODEL_NAME, embedder.kind, dense_config.max_tokens,
+                                      version=version) \
                 if todo and use_prebuilt else None
             if pack is not None and pack[1].shape[1] == dim:
                 found, vecs = prebuilt.lookup(pack, [hashes[i] for i in todo])

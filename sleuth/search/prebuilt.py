@@ -4,7 +4,7 @@ Why: on a fresh 2-core machine, embedding the embedded corpus's 10,033 passages 
 wait (~130 s of ~200 s for `make demo`, benchmarks/results/demo_time.json). Those passages are the same bytes
 on every machine (a pinned package), so their vectors are computed once, by the command below, and shipped.
 
-A pack holds, for one embedder (model, backend, truncation), each passage's content hash (``corpus.content_hash``
+A pack holds, for one embedder (model, backend and its version, truncation), each passage's content hash (``corpus.content_hash``
 of title and text, first 16 hex digits) and its vector stored as int8 with one float scale per row (a quarter of
 float32's size; retrieval agreement with the exact vectors is measured by ``benchmarks/prebuilt_pack.py``).
 The index builder looks passages up by hash and embeds only the ones it does not find, so a pack can never
@@ -49,7 +49,7 @@ def dequantize(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def write_pack(hashes: list[str], emb: np.ndarray, model: str, embedder: str, max_tokens: int,
-               out_dir: Path | None = None, note: str = "") -> Path:
+               out_dir: Path | None = None, note: str = "", version: str | None = None) -> Path:
     """Write a pack for ``emb`` (rows in the order of ``hashes``); returns its path."""
     if len(hashes) != emb.shape[0]:
         raise ValueError(f"{len(hashes)} hashes for {emb.shape[0]} vectors")
@@ -60,22 +60,25 @@ def write_pack(hashes: list[str], emb: np.ndarray, model: str, embedder: str, ma
     out_dir = out_dir or PACK_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{pack_name(model, embedder, max_tokens)}.npz"
-    meta = {"model": model, "embedder": embedder, "max_tokens": max_tokens, "dim": int(emb.shape[1]),
+    meta = {"model": model, "embedder": embedder, "embedder_version": version, "max_tokens": max_tokens,
+            "dim": int(emb.shape[1]),
             "count": int(emb.shape[0]), "quantization": "int8, one float32 scale per row", "note": note}
     np.savez_compressed(path, keys=keys, q=q, scale=scale.astype(np.float32), meta=np.array(json.dumps(meta)))
     return path
 
 
-def load_pack(model: str, embedder: str, max_tokens: int, pack_dir: Path | None = None
-              ) -> tuple[dict[str, int], np.ndarray, np.ndarray] | None:
-    """(content-hash key -> row, int8 rows, scales) of the shipped pack for this embedder, or None."""
+def load_pack(model: str, embedder: str, max_tokens: int, pack_dir: Path | None = None,
+              version: str | None = None) -> tuple[dict[str, int], np.ndarray, np.ndarray] | None:
+    """(content-hash key -> row, int8 rows, scales) of the shipped pack for this embedder, or None. A pack of
+    another version of the embedder (another int8 export) is None too, like an index's vectors (index.py)."""
     path = (pack_dir or PACK_DIR) / f"{pack_name(model, embedder, max_tokens)}.npz"
     if not path.is_file():
         return None
     try:
         with np.load(path) as z:
             meta = json.loads(str(z["meta"]))
-            if (meta["model"], meta["embedder"], meta["max_tokens"]) != (model, embedder, max_tokens):
+            if ((meta["model"], meta["embedder"], meta.get("embedder_version"), meta["max_tokens"])
+                    != (model, embedder, version, max_tokens)):
                 return None
             keys, q, scale = z["keys"], z["q"], z["scale"]
     except (OSError, KeyError, ValueError):
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = DocStore(d / "docs.sqlite").hashes()
     hashes = [h for h, _ in sorted(rows.items(), key=lambda kv: kv[1])]
     path = write_pack(hashes, emb[[rows[h] for h in hashes]], dense["model"], dense.get("embedder", "torch"),
-                      dense["max_tokens"], args.out, note=f"index {args.index!r} from {meta['source']}")
+                      dense["max_tokens"], args.out, note=f"index {args.index!r} from {meta['source']}",
+                      version=dense.get("embedder_version"))
     print(f"{path}: {len(hashes)} vectors, {path.stat().st_size / 1e6:.1f} MB")
 
 

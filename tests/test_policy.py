@@ -486,6 +486,66 @@ def test_static_engine_equals_the_reference_engine(policy, prompts):
 
 
 @pytest.mark.slow
+def test_static_engine_shares_a_common_prefix_and_equals_the_reference(policy, monkeypatch):
+    """Rows that start with the same system prompt: the static engine holds that prefix once (fresh prompts and
+    continuations of cached rows alike) and still gives the reference path's greedy tokens and log-probs."""
+    from sleuth.policy import engine as engine_mod
+    from sleuth.policy.kvcache import PrefixCache
+
+    tok = policy.tokenizer
+    system = ("You are a research agent. Search an offline encyclopedia, read the results, and answer with a "
+              "short phrase found in them. One action per reply.")
+    rows = [list(tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}],
+                                         add_generation_prompt=True, tokenize=True)["input_ids"]) for q in QUESTIONS]
+    obs = tok.encode("\nObservation: [1] a search result about the question.\n")
+    shared_lengths = []
+    init = engine_mod.StaticCache.__init__
+
+    def spy(self, *a, **k):
+        init(self, *a, **k)
+        shared_lengths.append(self.n_shared)
+
+    monkeypatch.setattr(engine_mod.StaticCache, "__init__", spy)
+    saved = policy.prefix_cache, policy.engine
+    runs = {}
+    try:
+        for engine in ("hf", "static"):
+            policy.engine, policy.prefix_cache = engine, PrefixCache()
+            runs[engine] = agent_steps(policy, rows, obs)
+    finally:
+        policy.prefix_cache, policy.engine = saved
+    # the first call's prefix (system prompt) and, in the later calls, the rows' common cached part
+    assert sum(n >= 32 for n in shared_lengths) >= 3, shared_lengths
+    for (t_ref, lp_ref), (t, lp) in zip(runs["hf"], runs["static"]):
+        assert t == t_ref
+        assert lp == pytest.approx(lp_ref, abs=1e-4)
+
+
+def test_static_cache_with_a_shared_prefix_reads_rows_through_it():
+    """A cache on a shared prefix: its slots are valid in every row, row_kv reads them from the one copy, select
+    and copy_rows move only the rows' own slots, and a cache on another prefix cannot take its rows."""
+    from sleuth.policy.engine import SharedPrefix, StaticCache
+
+    shared = SharedPrefix(k=torch.full((2, 1, 3, 2), 7.0), v=torch.full((2, 1, 3, 2), -7.0))
+    sc = StaticCache(layers=2, batch=3, kv_heads=1, capacity=8, head_dim=2, dtype=torch.float32,
+                     device=torch.device("cpu"), shared=shared)
+    assert (sc.capacity, sc.fill, sc.k.shape[3]) == (8, 3, 5) and bool(sc.valid[:, :3].all())
+    own = [(torch.arange(3.0)[:, None, None, None].expand(3, 1, 2, 2) + 10 * li,
+            -torch.arange(3.0)[:, None, None, None].expand(3, 1, 2, 2)) for li in range(2)]
+    sc.load(own, torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 1], [1, 1, 1, 1, 1]]))
+    k, v = sc.row_kv(1, torch.tensor([0, 2, 4]))[1]
+    assert k[0, :, 0].tolist() == [7.0, 7.0, 11.0] and v[0, :, 0].tolist() == [-7.0, -7.0, -1.0]
+    sc.select(torch.tensor([0, 2]))
+    assert sc.k[0, :, 0, :2, 0].tolist() == [[0.0, 0.0], [2.0, 2.0]] and sc.fill == 5
+    with pytest.raises(ValueError, match="valid in every row"):
+        sc.load(own, torch.tensor([[0, 1, 1, 1, 1]] * 3))
+    other = StaticCache(layers=2, batch=2, kv_heads=1, capacity=8, head_dim=2, dtype=torch.float32,
+                        device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="same shared prefix"):
+        other.copy_rows(sc, [0, 1])
+
+
+@pytest.mark.slow
 def test_int8_engine_samples_its_own_policy(policy, prompts):
     """int8 is a slightly different policy: it runs, records its own log-probs (finite, ≤ 0), and they differ
     from the trainer's by a measurable gap that training must correct (RunConfig demands tis_cap)."""

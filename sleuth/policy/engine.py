@@ -115,16 +115,38 @@ class _Layer:
     down: _Linear
 
 
+@dataclass
+class SharedPrefix:
+    """Keys and values of a prefix every row of a batch starts with (system prompt, worked example), stored
+    once: per layer [kv heads, P, head dim]. A decode step's queries of all rows attend to it in one product
+    per kv head (see ``DecodeEngine._attend``) instead of each row reading its own copy."""
+    k: torch.Tensor    # [layers, kv heads, P, head dim]
+    v: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
 class StaticCache:
-    """Keys and values of every layer in preallocated [batch, kv heads, capacity, head dim] tensors, and which
+    """Keys and values of every layer in preallocated [batch, kv heads, slots, head dim] tensors, and which
     slots hold a real token of each row (``valid``). Rows are aligned on the right (left padding), so every
-    row writes its next token at the same slot ``fill``."""
+    row writes its next token at the same slot ``fill``.
+
+    With a ``shared`` prefix of P positions, slots 0..P-1 are that prefix (held once, valid for every row) and
+    the per-row tensors hold slots P.. only: ``k[:, b, :, j]`` is slot P + j. Slot numbers elsewhere (``fill``,
+    ``valid``, ``row_kv``) count the shared slots."""
 
     def __init__(self, layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device, storage: torch.Tensor | None = None):
+                 dtype: torch.dtype, device: torch.device, storage: torch.Tensor | None = None,
+                 shared: SharedPrefix | None = None):
         # Uninitialised: every slot is written before any query reads it (slots < fill only). ``storage``: a
         # flat buffer of at least 2 x the cache's elements to build it in (DecodeEngine's reused buffers).
-        shape = (layers, batch, kv_heads, capacity, head_dim)
+        self.shared = shared
+        self.n_shared = shared.length if shared is not None else 0
+        if capacity <= self.n_shared:
+            raise ValueError(f"cache capacity {capacity} leaves no slot after the {self.n_shared} shared ones")
+        shape = (layers, batch, kv_heads, capacity - self.n_shared, head_dim)
         if storage is None:
             self.k = torch.empty(shape, dtype=dtype, device=device)
             self.v = torch.empty_like(self.k)
@@ -133,18 +155,22 @@ class StaticCache:
             self.k, self.v = storage[:n].view(shape), storage[n:2 * n].view(shape)
         self.storage = storage
         self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
-        self.fill = 0
+        self.valid[:, :self.n_shared] = True
+        self.fill = self.n_shared
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.n_shared + self.k.shape[3]
 
     def load(self, layers_kv: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
-        """Take over a prefilled cache: per layer (keys, values) [batch, kv heads, n, head dim] and its mask."""
-        n = mask.shape[1]
+        """Take over a prefilled cache: per layer (keys, values) [batch, kv heads, n - P, head dim] of slots
+        P..n-1 (P shared slots, 0 without a shared prefix) and the mask of slots 0..n-1."""
+        n, P = mask.shape[1], self.n_shared
+        if not bool(mask[:, :P].all()):
+            raise ValueError("the shared prefix's slots must be valid in every row")
         for li, (k, v) in enumerate(layers_kv):
-            self.k[li, :, :, :n] = k
-            self.v[li, :, :, :n] = v
+            self.k[li, :, :, :n - P] = k
+            self.v[li, :, :, :n - P] = v
         self.valid[:, :n] = mask.bool()
         self.fill = n
 
@@ -156,7 +182,7 @@ class StaticCache:
         keep = rows.tolist()
         if any(b <= a for a, b in zip(keep, keep[1:])):
             raise ValueError("select takes ascending, distinct batch positions")
-        n = self.fill
+        n = self.fill - self.n_shared
         for j, r in enumerate(keep):
             if r != j:     # r > j: the source row was not overwritten by an earlier move
                 self.k[:, j, :, :n] = self.k[:, r, :, :n]
@@ -166,17 +192,27 @@ class StaticCache:
 
     def copy_rows(self, src: "StaticCache", rows: list[int]) -> None:
         """Row i of this cache becomes a copy of ``src``'s row rows[i] (repeats allowed), filled slots only: a
-        prefill of distinct prompts fanned out to the rows that share them."""
-        n = src.fill
+        prefill of distinct prompts fanned out to the rows that share them. Both caches hold the same shared
+        prefix (if any): only the per-row slots are copied."""
+        if src.shared is not self.shared:
+            raise ValueError("copy_rows needs both caches built on the same shared prefix")
+        n = src.fill - self.n_shared
         for j, r in enumerate(rows):
             self.k[:, j, :, :n] = src.k[:, r, :, :n]
             self.v[:, j, :, :n] = src.v[:, r, :, :n]
-        self.valid[:, :n] = src.valid[rows, :n]
-        self.fill = n
+        self.valid[:, :src.fill] = src.valid[rows, :src.fill]
+        self.fill = src.fill
 
     def row_kv(self, b: int, idx: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Row b's keys and values at slots ``idx``, per layer [kv heads, len, head dim] (for the prefix cache)."""
-        return [(self.k[li, b][:, idx].clone(), self.v[li, b][:, idx].clone()) for li in range(self.k.shape[0])]
+        """Row b's keys and values at slots ``idx`` (ascending), per layer [kv heads, len, head dim] (for the
+        prefix cache); shared slots are read from the shared prefix."""
+        P = self.n_shared
+        if not P:
+            return [(self.k[li, b][:, idx].clone(), self.v[li, b][:, idx].clone()) for li in range(self.k.shape[0])]
+        head, own = idx[idx < P], idx[idx >= P] - P
+        return [(torch.cat([self.shared.k[li][:, head], self.k[li, b][:, own]], dim=1),
+                 torch.cat([self.shared.v[li][:, head], self.v[li, b][:, own]], dim=1))
+                for li in range(self.k.shape[0])]
 
 
 class DecodeEngine:
@@ -231,12 +267,15 @@ class DecodeEngine:
         self._key = key
         return True
 
-    def new_cache(self, batch: int, capacity: int, pooled: bool = False) -> StaticCache:
-        """An empty cache; ``pooled``: built in a buffer a released cache left (``release``), if one is large
-        enough. Why: a rollout's caches hold ~1-3 GB (32 rows x ~1k positions x 46 KB per position in float32),
-        and touching freshly allocated memory page by page cost 1-3 s per cache in the RL loop here, against
-        ~0.04 s for the same copy into memory already touched (a quick in-loop measurement)."""
-        n = 2 * self.n_layers * batch * self.n_kv * capacity * self.head_dim
+    def new_cache(self, batch: int, capacity: int, pooled: bool = False,
+                  shared: SharedPrefix | None = None) -> StaticCache:
+        """An empty cache of ``capacity`` slots (``shared``: its first slots are that prefix, held once);
+        ``pooled``: built in a buffer a released cache left (``release``), if one is large enough. Why: a
+        rollout's caches hold ~1-3 GB (32 rows x ~1k positions x 46 KB per position in float32), and touching
+        freshly allocated memory page by page cost 1-3 s per cache in the RL loop here, against ~0.04 s for the
+        same copy into memory already touched (a quick in-loop measurement)."""
+        own = capacity - (shared.length if shared is not None else 0)
+        n = 2 * self.n_layers * batch * self.n_kv * max(own, 1) * self.head_dim
         buf = None
         if pooled:
             with self._pool_lock:
@@ -247,7 +286,15 @@ class DecodeEngine:
             if buf is None:
                 buf = torch.empty(n, dtype=torch.float32, device=self.device)
         return StaticCache(self.n_layers, batch, self.n_kv, capacity, self.head_dim, torch.float32, self.device,
-                           storage=buf)
+                           storage=buf, shared=shared)
+
+    def shared_prefix(self, ids: list[int]) -> SharedPrefix:
+        """Prefill ``ids`` once (positions 0..n-1) and keep their keys and values as a prefix for many rows."""
+        n = len(ids)
+        sc = self.new_cache(1, n + 1)
+        head = torch.tensor([ids], device=self.device)
+        self.forward(sc, head, torch.arange(n, device=self.device)[None], torch.ones_like(head, dtype=torch.bool))
+        return SharedPrefix(k=sc.k[:, 0, :, :n].contiguous(), v=sc.v[:, 0, :, :n].contiguous())
 
     def release(self, cache: StaticCache) -> None:
         """A pooled cache that is no longer used gives its buffer back for the next one (the largest
@@ -291,17 +338,18 @@ class DecodeEngine:
         cache holds, writing their keys and values at slots fill..fill+W; returns the logits of the last
         position [B, V] (``last_only``) or of all W positions."""
         B, W = ids.shape
-        s0, s1 = cache.fill, cache.fill + W
+        s0, s1, P = cache.fill, cache.fill + W, cache.n_shared
         if s1 > cache.capacity:
             raise ValueError(f"static cache full: {s1} slots needed, {cache.capacity} allocated")
         cache.valid[:, s0:s1] = valid.bool()
         keys_ok = cache.valid[:, :s1]
         nq, nk, hd = self.n_heads, self.n_kv, self.head_dim
         if W == 1:
-            # Additive mask, built once per step for every layer: 0 where a key is valid, -inf elsewhere, one
-            # row per (batch row, kv head) so it broadcasts over the kv head's query group in baddbmm.
-            neg = torch.zeros(B, 1, s1, device=ids.device).masked_fill_(~keys_ok[:, None, :], float("-inf"))
-            neg = neg.repeat_interleave(nk, dim=0)                 # [B * nk, 1, s1]
+            # Additive mask over the rows' own slots (shared slots are valid for all), built once per step for
+            # every layer: 0 where a key is valid, -inf elsewhere, one row per (batch row, kv head) so it
+            # broadcasts over the kv head's query group in baddbmm.
+            neg = torch.zeros(B, 1, s1 - P, device=ids.device).masked_fill_(~keys_ok[:, None, P:], float("-inf"))
+            neg = neg.repeat_interleave(nk, dim=0)                 # [B * nk, 1, s1 - P]
         else:   # causal within the new block, everything valid before it
             causal = torch.ones(W, s1, dtype=torch.bool, device=ids.device).tril(s0)
             mask = keys_ok[:, None, None, :] & causal[None, None]
@@ -310,6 +358,7 @@ class DecodeEngine:
         cos, sin = self._rope(pos)
         x = self.embed[ids]
         scale = 1.0 / math.sqrt(hd)
+        shared = cache.shared
         for li, L in enumerate(self.layers):
             h = self._rms(x, L.ln1)
             qkv = L.qkv(h)
@@ -317,17 +366,16 @@ class DecodeEngine:
             qk = self._rotate(qkv[..., : (nq + nk) * hd].view(B, W, nq + nk, hd).transpose(1, 2), cos, sin)
             q, k = qk[:, :nq], qk[:, nq:]
             v = qkv[..., (nq + nk) * hd:].view(B, W, nk, hd).transpose(1, 2)
-            cache.k[li, :, :, s0:s1] = k
-            cache.v[li, :, :, s0:s1] = v
-            keys, values = cache.k[li, :, :, :s1], cache.v[li, :, :, :s1]
+            cache.k[li, :, :, s0 - P:s1 - P] = k
+            cache.v[li, :, :, s0 - P:s1 - P] = v
+            keys, values = cache.k[li, :, :, :s1 - P], cache.v[li, :, :, :s1 - P]
             if W == 1:
-                # One query per row: the query heads of a kv head attend as a group, straight off the cache
-                # slices (no contiguous copy of the cache, no repeated kv heads); scores, scale and mask in one
-                # baddbmm. [B * nk, g, s1]; the cache slices view as [B * nk, s1, hd] without a copy.
-                sc = torch.baddbmm(neg, q.reshape(B * nk, nq // nk, hd),
-                                   keys.reshape(B * nk, s1, hd).transpose(-1, -2), alpha=scale)
-                att = (torch.softmax(sc, dim=-1) @ values.reshape(B * nk, s1, hd)).view(B, nq, 1, hd)
+                att = self._attend(q, keys, values, neg, scale,
+                                   (shared.k[li], shared.v[li]) if shared is not None else None)
             else:
+                if shared is not None:   # a prefill after the shared prefix: every row sees it in full
+                    keys = torch.cat([shared.k[li].expand(B, -1, -1, -1), keys], dim=2)
+                    values = torch.cat([shared.v[li].expand(B, -1, -1, -1), values], dim=2)
                 att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale,
                                                      enable_gqa=nq != nk)
             x = x + L.o(att.transpose(1, 2).reshape(B, W, nq * hd))
@@ -339,6 +387,37 @@ class DecodeEngine:
         if last_only:
             x = x[:, -1]
         return self.head(self._rms(x, self.norm))
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, neg: torch.Tensor, scale: float,
+                shared: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """One decode step's attention, [B, heads, 1, head dim]. The query heads of a kv head attend as a
+        group, straight off the cache slices (no contiguous copy of the cache, no repeated kv heads); scores,
+        scale and mask in one baddbmm ([B * nk, g, S]; the cache slices view as [B * nk, S, hd] without a copy).
+
+        With a shared prefix (keys/values [nk, P, hd]) its scores are one product per kv head for all rows'
+        queries ([nk, B * g, hd] x [hd, P]) instead of B products over B copies: a decode step reads the rows'
+        keys and values from memory and is bound by that, so the prefix's share of the step nearly vanishes
+        (measured, ``benchmarks/rollout_throughput.py``). One softmax over [prefix | own] keeps the arithmetic
+        of a single attention."""
+        B, nq, _, hd = q.shape
+        nk, S = keys.shape[1], keys.shape[2]
+        g = nq // nk
+        qr = q.reshape(B * nk, g, hd)
+        own = torch.baddbmm(neg, qr, keys.reshape(B * nk, S, hd).transpose(-1, -2), alpha=scale)
+        vals = values.reshape(B * nk, S, hd)
+        if shared is None:
+            return (torch.softmax(own, dim=-1) @ vals).view(B, nq, 1, hd)
+        sk, sv = shared
+        P = sk.shape[1]
+        qs = qr.view(B, nk, g, hd).transpose(0, 1).reshape(nk, B * g, hd) * scale
+        sc = q.new_empty(B, nk, g, P + S)
+        sc[..., :P] = torch.bmm(qs, sk.transpose(1, 2)).view(nk, B, g, P).transpose(0, 1)
+        sc[..., P:] = own.view(B, nk, g, S)
+        p = torch.softmax(sc, dim=-1)
+        out = torch.bmm(p[..., P:].reshape(B * nk, g, S), vals).view(B, nk, g, hd)
+        head = torch.bmm(p[..., :P].transpose(0, 1).reshape(nk, B * g, P), sv)      # [nk, B * g, hd]
+        out += head.view(nk, B, g, hd).transpose(0, 1)
+        return out.view(B, nq, 1, hd)
 
 
 def _diag(W: int, s0: int, s1: int, device: torch.device) -> torch.Tensor:

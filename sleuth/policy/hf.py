@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch
 
 from sleuth import paths
 from sleuth.policy.base import Generation, SamplingParams
-from sleuth.policy.engine import PRECISIONS, DecodeEngine, StaticCache, supports
+from sleuth.policy.engine import PRECISIONS, DecodeEngine, SharedPrefix, StaticCache, supports
 from sleuth.policy.kvcache import PrefixCache, weights_key
 
 log = logging.getLogger(__name__)
@@ -472,27 +473,24 @@ class HFPolicy:
 
     def _layout_shared(self, prompts: list[list[int]]):
         """Fresh prompts: prefill a common prefix (system prompt, worked example) once, share its KV across
-        the batch; every row then prefills only its own suffix. Layout per row: [prefix | pads | suffix]."""
+        the batch; every row then prefills only its own suffix. Layout per row: [prefix | pads | suffix]. The
+        static engine keeps the prefix as one copy for all rows (``SharedPrefix``); transformers' cache holds
+        a copy per row."""
         from transformers import DynamicCache
 
         dev = self.device
-        cache = DynamicCache(config=self.model.config)
+        eng = self.decode_engine()
         shared = _common_prefix(prompts) if len(prompts) > 1 else 0
         shared = shared if shared >= self.min_shared_prefix else 0
-        if shared:
+        cache: Any = _EnginePast(None, None) if eng is not None else DynamicCache(config=self.model.config)
+        if shared and eng is not None:
+            # The engine's own arithmetic for the prefix too: its int8/bf16 products are the policy that
+            # samples, and they run the prefix 2-4x faster than the float32 forward.
+            cache = _EnginePast(eng.shared_prefix(prompts[0][:shared]), None)
+        elif shared:
             head = torch.tensor([prompts[0][:shared]], device=dev)
             pos = torch.arange(shared, device=dev)[None]
-            eng = self.decode_engine()
-            if eng is None:
-                self.model(input_ids=head, position_ids=pos, past_key_values=cache, use_cache=True,
-                           logits_to_keep=1)
-            else:
-                # The engine's own arithmetic for the prefix too: its int8/bf16 products are the policy that
-                # samples, and they run the prefix 2-4x faster than the float32 forward.
-                sc = eng.new_cache(1, shared)
-                eng.forward(sc, head, pos, torch.ones_like(head, dtype=torch.bool))
-                cache = DynamicCache(ddp_cache_data=[(sc.k[li], sc.v[li]) for li in range(eng.n_layers)],
-                                     config=self.model.config)
+            self.model(input_ids=head, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache.batch_repeat_interleave(len(prompts))
         suffixes = [p[shared:] for p in prompts]
         width = max(len(p) for p in suffixes)
@@ -509,17 +507,32 @@ class HFPolicy:
     def _layout_cached(self, prompts: list[list[int]], reuse: list[tuple[int, int | None]]):
         """Prompts continuing cached rows: row i takes the first n_i positions' KV from the prefix cache and
         prefills the rest. Layout per row: [pads | cached n_i | pads | new suffix]; pads are masked out and
-        position ids count real tokens only, so every token sees exactly its own sequence."""
+        position ids count real tokens only, so every token sees exactly its own sequence.
+
+        With the static engine, when every row continues a cached entry and all share a first P positions
+        (an agent's system prompt and worked example), those are held once: [shared P | pads | cached n_i - P
+        | pads | new suffix], the shared KV taken from the first row's entry (the same tokens at the same
+        positions under the same weights)."""
         from transformers import DynamicCache
 
         dev, pc = self.device, self.prefix_cache
         assert pc is not None
+        eng = self.decode_engine()
         b = len(prompts)
-        c = max(n for n, _ in reuse)
+        P = 0
+        if eng is not None and b > 1 and all(eid is not None for _, eid in reuse):
+            P = min(_common_prefix(prompts), min(n for n, _ in reuse))
+            P = P if P >= self.min_shared_prefix else 0
+        shared = None
+        if P:
+            head = pc.kv(reuse[0][1], P)
+            shared = SharedPrefix(k=torch.stack([k for k, _ in head]), v=torch.stack([v for _, v in head]))
+        c = max(n - P for n, _ in reuse)
         suffixes = [p[n:] for p, (n, _) in zip(prompts, reuse)]
         width = max(len(s) for s in suffixes)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((b, c + width), dtype=torch.long)
+        mask = torch.zeros((b, P + c + width), dtype=torch.long)
+        mask[:, :P] = 1
         per_row = [pc.kv(eid, n) if eid is not None else None for n, eid in reuse]
         template = next(kv for kv in per_row if kv is not None)
         layers = []
@@ -528,17 +541,19 @@ class HFPolicy:
             values = v0.new_zeros((b, v0.shape[0], c, v0.shape[2]))
             for i, kv in enumerate(per_row):
                 if kv is not None:
-                    n = kv[li][0].shape[1]
-                    keys[i, :, c - n:] = kv[li][0]
-                    values[i, :, c - n:] = kv[li][1]
+                    n = kv[li][0].shape[1] - P
+                    if n:
+                        keys[i, :, c - n:] = kv[li][0][:, P:]
+                        values[i, :, c - n:] = kv[li][1][:, P:]
             layers.append((keys, values))
         for i, ((n, _), s) in enumerate(zip(reuse, suffixes)):
-            mask[i, c - n:c] = 1
+            mask[i, P + c - (n - P):P + c] = 1
             ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, c + width - len(s):] = 1
-        cache = DynamicCache(ddp_cache_data=layers, config=self.model.config)
+            mask[i, P + c + width - len(s):] = 1
+        cache = _EnginePast(shared, layers) if eng is not None else \
+            DynamicCache(ddp_cache_data=layers, config=self.model.config)
         ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, c:]
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, P + c:]
         return cache, ids, mask, pos
 
     def _remember(self, row_kv: Any, mask: torch.Tensor, rows: list[tuple[int, int]], prompts: list[list[int]],
@@ -676,16 +691,25 @@ class _HFDecoder:
         return _dynamic_row_kv(self.cache)(b, idx)
 
 
+@dataclass
+class _EnginePast:
+    """What a prefill continues on the static engine: a prefix shared by every row (or None) and per layer the
+    rows' own earlier keys and values [batch, kv heads, n, head dim] (or None: nothing of their own yet)."""
+    shared: SharedPrefix | None
+    layers: list[tuple[torch.Tensor, torch.Tensor]] | None
+
+
 class _StaticDecoder:
     """The lean path: the prefilled past (shared prefix or cached rows) moves into a StaticCache sized for the
     whole generation, then the engine runs the new tokens and every decode step."""
 
-    def __init__(self, eng: DecodeEngine, cache: Any, mask: torch.Tensor, width: int, budget: int):
+    def __init__(self, eng: DecodeEngine, cache: "_EnginePast", mask: torch.Tensor, width: int, budget: int):
         self.eng = eng
         past = mask.shape[1] - width
-        self.sc: StaticCache = eng.new_cache(mask.shape[0], mask.shape[1] + budget, pooled=True)
-        if past:
-            self.sc.load([(layer.keys, layer.values) for layer in cache.layers], mask[:, :past])
+        self.sc: StaticCache = eng.new_cache(mask.shape[0], mask.shape[1] + budget, pooled=True,
+                                             shared=cache.shared)
+        if past > self.sc.n_shared:
+            self.sc.load(cache.layers, mask[:, :past])
         self._new_mask = mask[:, past:]
 
     @property
@@ -702,7 +726,7 @@ class _StaticDecoder:
         self.sc.select(rows)
 
     def expand(self, rows: torch.Tensor) -> None:
-        full = self.eng.new_cache(len(rows), self.sc.capacity, pooled=True)
+        full = self.eng.new_cache(len(rows), self.sc.capacity, pooled=True, shared=self.sc.shared)
         full.copy_rows(self.sc, rows.tolist())
         self.eng.release(self.sc)
         self.sc = full

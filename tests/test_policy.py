@@ -177,6 +177,26 @@ def test_sampler_draws_the_softmax_distribution():
     assert set(tok.tolist()) <= {0, 1}        # softmax mass 0.56 on token 0, so token 1 completes 0.6
 
 
+def test_two_level_sampler_over_a_large_vocabulary():
+    """The sampler's two-level inverse CDF (blocks of 128 tokens, a vocabulary that is not a multiple of it):
+    frequencies match the softmax (chi-square over the tokens with mass), and tokens of zero probability —
+    whole blocks of them, and the vocabulary's tail — are never drawn."""
+    from sleuth.policy.hf import HFPolicy
+
+    V = 1000
+    base = torch.full((V,), float("-inf"))
+    live = torch.tensor([3, 127, 128, 129, 400, 640, 998])       # block edges, a block alone, the last block
+    base[live] = torch.tensor([1.0, 0.0, 2.0, -1.0, 0.5, 1.5, 0.2])
+    torch.manual_seed(1)
+    tok, lp = HFPolicy._sample(base.repeat(20000, 1), SamplingParams(temperature=1.0))
+    counts = torch.bincount(tok, minlength=V).double()
+    assert set(torch.nonzero(counts).squeeze(-1).tolist()) <= set(live.tolist())
+    p = torch.softmax(base, dim=-1)
+    chi2 = float((((counts[live] - 20000 * p[live]) ** 2) / (20000 * p[live])).sum())
+    assert chi2 < 22.5          # 6 degrees of freedom: p ≈ 0.001
+    assert torch.allclose(lp, torch.log(p[tok]).float(), atol=1e-5)
+
+
 @pytest.mark.slow
 def test_tiny_top_p_is_greedy(policy, prompts, greedy):
     torch.manual_seed(0)

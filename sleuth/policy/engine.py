@@ -7,7 +7,10 @@ branches computed beside every linear layer. (Measured on a shared 2-core AVX2 C
 part is small: float32 decoding there is bound by the products, and this engine runs at the same tokens per CPU
 second as transformers' — ``benchmarks/rollout_throughput.py``.) This engine does one decode step as
 30 × (norm, one fused q/k/v product, rotary embedding, attention over a static cache, output product, norm,
-one fused gate/up product, down product) and the head, with the keys and values written in place.
+one fused gate/up product, down product) and the head, with the keys and values written in place. A prefix
+every row of a batch starts with (an agent's system prompt and worked example) is held once (``SharedPrefix``):
+a decode step reads the rows' keys and values from memory and is bound by that, and those positions are most of
+them.
 
 Weights: the trained model's effective weights are copied out (a LoRA adapter merged in, q/k/v and gate/up
 concatenated) and refreshed whenever the model's weights change (``kvcache.weights_key``), so rollouts after

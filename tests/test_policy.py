@@ -488,6 +488,12 @@ def test_loader_picks_the_server_policy(server, monkeypatch):
 def test_static_engine_equals_the_reference_engine(policy, prompts):
     """Greedy agent steps (prefix cache, ragged batches, rows finishing early) give the same tokens and
     log-probs from sleuth's static engine as from transformers' forward."""
+    assert_static_equals_reference(policy, prompts)
+
+
+def assert_static_equals_reference(policy, prompts) -> None:
+    """Greedy multi-step agent calls (a fresh prefix cache each) with the hf path and the static engine give
+    the same tokens, and log-probs within 1e-4."""
     from sleuth.policy.kvcache import PrefixCache
 
     obs = policy.tokenizer.encode("\nObservation: [1] a search result about the question.\n")
@@ -510,14 +516,12 @@ def test_static_engine_shares_a_common_prefix_and_equals_the_reference(policy, m
     """Rows that start with the same system prompt: the static engine holds that prefix once (fresh prompts and
     continuations of cached rows alike) and still gives the reference path's greedy tokens and log-probs."""
     from sleuth.policy import engine as engine_mod
-    from sleuth.policy.kvcache import PrefixCache
 
     tok = policy.tokenizer
     system = ("You are a research agent. Search an offline encyclopedia, read the results, and answer with a "
               "short phrase found in them. One action per reply.")
     rows = [list(tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": q}],
                                          add_generation_prompt=True, tokenize=True)["input_ids"]) for q in QUESTIONS]
-    obs = tok.encode("\nObservation: [1] a search result about the question.\n")
     shared_lengths = []
     init = engine_mod.StaticCache.__init__
 
@@ -526,19 +530,9 @@ def test_static_engine_shares_a_common_prefix_and_equals_the_reference(policy, m
         shared_lengths.append(self.n_shared)
 
     monkeypatch.setattr(engine_mod.StaticCache, "__init__", spy)
-    saved = policy.prefix_cache, policy.engine
-    runs = {}
-    try:
-        for engine in ("hf", "static"):
-            policy.engine, policy.prefix_cache = engine, PrefixCache()
-            runs[engine] = agent_steps(policy, rows, obs)
-    finally:
-        policy.prefix_cache, policy.engine = saved
+    assert_static_equals_reference(policy, rows)
     # the first call's prefix (system prompt) and, in the later calls, the rows' common cached part
     assert sum(n >= 32 for n in shared_lengths) >= 3, shared_lengths
-    for (t_ref, lp_ref), (t, lp) in zip(runs["hf"], runs["static"]):
-        assert t == t_ref
-        assert lp == pytest.approx(lp_ref, abs=1e-4)
 
 
 def test_static_cache_with_a_shared_prefix_reads_rows_through_it():

@@ -5,8 +5,8 @@ Measures, on the offline corpus (28k passages) and the dev questions:
     alternating rounds so both see the same machine load; wall and process-CPU rates, same thread count;
   * agreement: cosine between the two embeddings of each passage (sample and full corpus);
   * quality: any@10 / all@10 per dataset, dense and hybrid, for the torch index (the existing ``passages``
-    index, embedded by the PyTorch path), the int8 one (the same passages embedded here by onnx-int8) and
-    the mixed case (torch passages, int8 queries) — the ranking logic of benchmarks/retrieval.py; with
+    index, embedded by the PyTorch path), the int8 one (the same passages embedded here by onnx-int8, its
+    queries by the float32 graph of the same export) and the mixed case (torch passages, onnx queries) — the ranking logic of benchmarks/retrieval.py; with
     --subset N over N passages (every supporting passage of the dev questions + random ones) instead;
   * hybrid latency: p50/p99 of an 8-query batch (search_batch with snippets) on 28k passages with each
     embedder, cache emptied before every batch, and with a warm cache;
@@ -162,7 +162,7 @@ def section_quality(ix, dev: list[dict], torch_emb, int8_emb, torch_vectors: np.
     lat_queries = [d["question"] for d in dev]
     lex = ix.engine("lexical")
     setups = {"torch": (torch_vectors, torch_emb), "onnx-int8": (int8_vectors, int8_emb),
-              "mixed: torch passages, int8 queries": (torch_vectors, int8_emb)}
+              "mixed: torch passages, onnx-int8 embedder's queries": (torch_vectors, int8_emb)}
     out: dict = {"corpus": ix.name, "cosine_torch_vs_int8_all_passages": {"n": len(cos), "mean": round(float(cos.mean()), 5),
                                                        "min": round(float(cos.min()), 5),
                                                        "p1": round(float(np.percentile(cos, 1)), 5)},
@@ -175,7 +175,7 @@ def section_quality(ix, dev: list[dict], torch_emb, int8_emb, torch_vectors: np.
         row = {f"{eng}": {ds: {"any@10": m["any@10"], "all@10": m["all@10"]}
                           for ds, m in quality(dev_q, [[titles[r] for r, _ in rs] for rs in lists]).items()}
                for eng, lists in (("dense", dense_lists), ("hybrid", hybrid_lists))}
-        if name != "mixed: torch passages, int8 queries":
+        if name != "mixed: torch passages, onnx-int8 embedder's queries":
             cold = timed_batches(lambda b: hybrid.search_batch(b, k), lat_queries, batch, before=dense.clear_cache)
             for b in batches(lat_queries, 64):   # the cold pass emptied the cache before each batch: fill it
                 dense.encode(b)
@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
     report["embedders"] = {"torch": "sentence-transformers all-MiniLM-L6-v2, PyTorch float32, batches of 64 "
                                     "sorted by length (the build's path before onnx-int8)",
                            "onnx-int8": "the same model exported to ONNX, fused, int8 dynamic quantisation per "
-                                        "channel, ONNX Runtime, one text per run (no padding)",
+                                        "channel, ONNX Runtime, one text per run (no padding); its queries "
+                                        "(encode) through the same export's float32 graph",
                            "onnx_model": str(embedders["onnx-int8"].path), "max_tokens": max_tokens}
     count = ix.meta["count"]
     rows = list(range(0, count, max(1, count // max(1, ns.sample))))[:ns.sample]

@@ -231,20 +231,24 @@ def section_quality(args: Args, ix, dev: list[dict], report: dict) -> None:
 
 
 def section_index(ix, report: dict) -> None:
-    from sleuth.search.dense import embed, load_embedder, passage_text
+    from sleuth.search.dense import passage_text
+    from sleuth.search.embedders import get_embedder
 
     sizes = {p.name: dir_size(p) if p.is_dir() else p.stat().st_size for p in ix.path.iterdir()}
-    # The build's embed time depends on what else ran on the machine then; this is the rate right now.
+    # The build's embed time depends on what else ran on the machine then; this is the rate right now, of
+    # the embedder that made the index's vectors.
     sample = [passage_text(p.title, p.text) for p in ix.docs.get_rows(list(range(0, ix.meta["count"], 110)))]
-    model = load_embedder(ix.meta["engines"]["dense"]["max_tokens"])
-    embed(model, sample[:16])
+    dense_meta = ix.meta["engines"]["dense"]
+    model = get_embedder(dense_meta.get("embedder", "torch"), dense_meta["max_tokens"])
+    model.embed(sample[:16])
     t = time.perf_counter()
-    embed(model, sample)
+    model.embed(sample)
     rate = len(sample) / (time.perf_counter() - t)
     report["index"] = {"name": ix.name, "count": ix.meta["count"], "build_seconds": ix.meta["build_seconds"],
                        "size_bytes": sum(sizes.values()), "size_bytes_by_part": sizes,
                        "faiss": ix.meta["engines"]["dense"]["faiss"],
                        "embed_max_tokens": ix.meta["engines"]["dense"]["max_tokens"],
+                       "embedder": model.kind,
                        "embed_passages_per_second_now": round(rate, 1),
                        "embed_seconds_estimate_at_that_rate": round(ix.meta["count"] / rate, 1)}
 
@@ -351,7 +355,7 @@ def print_tables(report: dict) -> None:
           f"nice {m['niceness']}: wall times include waiting for other processes; cpu = this process's CPU time)")
     ix = report["index"]
     print(f"\nindex {ix['name']!r}: {ix['count']} passages, {ix['size_bytes'] / 2**20:.1f} MiB, "
-          f"build seconds {ix['build_seconds']}, faiss {ix['faiss']}; embedding runs at "
+          f"build seconds {ix['build_seconds']}, faiss {ix['faiss']}; {ix.get('embedder', 'torch')} embedding runs at "
           f"{ix['embed_passages_per_second_now']} passages/s now (~{ix['embed_seconds_estimate_at_that_rate']}s "
           "for the corpus)")
     print("\nfusion sweep (all@10 per dataset), chosen on dev:")

@@ -4,7 +4,7 @@
 fused and its matrix multiplications dynamically quantised to int8, run by ONNX Runtime one text at a
 time (no padding at all, and a text's vector never depends on its batch-mates). Passages go through the
 int8 graph; queries through the same export's float32 graph. Why the two: a corpus is embedded once and in
-bulk, so passages are where throughput counts (int8: ~3.9x PyTorch's passages/s), while a search encodes a
+bulk, so passages are where throughput counts (int8: ~4x PyTorch's passages/s), while a search encodes a
 handful of ~20-token queries, where float32 costs ~18 ms more per 8-query batch. With int8 on both sides
 hybrid all@10 moved by up to 4 questions per dataset against PyTorch's vectors (the quantisation error
 entered twice); with float32 queries it stayed within one (benchmarks/embedding.py). ``torch``: the
@@ -209,8 +209,8 @@ def export_onnx_int8(model_dir: Path, out: Path) -> Path:
                               input_names=names, output_names=["last_hidden_state"],
                               dynamic_axes={n: {0: "batch", 1: "tokens"} for n in names + ["last_hidden_state"]},
                               opset_version=17, dynamo=False)
-            # GELU as its tanh approximation (FastGelu): 2-2.5% less time per passage than the exact erf form,
-            # cosine to PyTorch unchanged (0.99392 vs 0.99395 over 400 passages, a quick measurement).
+            # GELU as its tanh approximation (FastGelu): 0.9-3.5% less time per passage than the exact erf form
+            # in two interleaved runs, cosine to PyTorch unchanged (0.99392 vs 0.99395 over 400 passages).
             options = FusionOptions("bert")
             options.enable_gelu_approximation = True
             fused = optimize_model(str(work / "fp32.onnx"), model_type="bert", num_heads=cfg.num_attention_heads,
@@ -225,7 +225,7 @@ def export_onnx_int8(model_dir: Path, out: Path) -> Path:
                 # per-channel weights with reduced range: AVX2 int8 kernels without VNNI saturate at full
                 # range; plain per-tensor int8 measured cosine 0.955 to float32, this 0.993.
                 # The embedding tables stay float32: quantised, every token's input vector carried rounding
-                # error (cosine to PyTorch 0.99395 -> 0.99429 kept float) for no speed (a lookup, not a product).
+                # error (cosine to PyTorch 0.99395 -> 0.99429 kept float), at no measurable cost (a lookup, not a product).
                 embed = [n.name for n in fused.model.graph.node if n.op_type == "EmbedLayerNormalization"]
                 quantize_dynamic(str(work / "fused.onnx"), str(work / "model.onnx"), weight_type=QuantType.QInt8,
                                  per_channel=True, reduce_range=True, nodes_to_exclude=embed,

@@ -6,7 +6,8 @@ Measures, on the offline corpus (28k passages) and the dev questions:
   * agreement: cosine between the two embeddings of each passage (sample and full corpus);
   * quality: any@10 / all@10 per dataset, dense and hybrid, for the torch index (the existing ``passages``
     index, embedded by the PyTorch path), the int8 one (the same passages embedded here by onnx-int8, its
-    queries by the float32 graph of the same export) and the mixed case (torch passages, onnx queries) — the ranking logic of benchmarks/retrieval.py; with
+    queries by the float32 graph of the same export) and the mixed case (torch passages, onnx queries) — the
+    ranking logic of benchmarks/retrieval.py; with
     --subset N over N passages (every supporting passage of the dev questions + random ones) instead;
   * hybrid latency: p50/p99 of an 8-query batch (search_batch with snippets) on 28k passages with each
     embedder, cache emptied before every batch, and with a warm cache;
@@ -161,8 +162,9 @@ def section_quality(ix, dev: list[dict], torch_emb, int8_emb, torch_vectors: np.
     queries = [d["question"] for d in dev_q]
     lat_queries = [d["question"] for d in dev]
     lex = ix.engine("lexical")
+    mixed = "mixed: torch passages, onnx-int8 embedder's queries"   # ranking only: latency is the int8 row's
     setups = {"torch": (torch_vectors, torch_emb), "onnx-int8": (int8_vectors, int8_emb),
-              "mixed: torch passages, onnx-int8 embedder's queries": (torch_vectors, int8_emb)}
+              mixed: (torch_vectors, int8_emb)}
     out: dict = {"corpus": ix.name, "cosine_torch_vs_int8_all_passages": {"n": len(cos), "mean": round(float(cos.mean()), 5),
                                                        "min": round(float(cos.min()), 5),
                                                        "p1": round(float(np.percentile(cos, 1)), 5)},
@@ -175,7 +177,7 @@ def section_quality(ix, dev: list[dict], torch_emb, int8_emb, torch_vectors: np.
         row = {f"{eng}": {ds: {"any@10": m["any@10"], "all@10": m["all@10"]}
                           for ds, m in quality(dev_q, [[titles[r] for r, _ in rs] for rs in lists]).items()}
                for eng, lists in (("dense", dense_lists), ("hybrid", hybrid_lists))}
-        if name != "mixed: torch passages, onnx-int8 embedder's queries":
+        if name != mixed:
             cold = timed_batches(lambda b: hybrid.search_batch(b, k), lat_queries, batch, before=dense.clear_cache)
             for b in batches(lat_queries, 64):   # the cold pass emptied the cache before each batch: fill it
                 dense.encode(b)

@@ -246,8 +246,7 @@ def section_index(ix, report: dict) -> None:
     rate = len(sample) / (time.perf_counter() - t)
     report["index"] = {"name": ix.name, "count": ix.meta["count"], "build_seconds": ix.meta["build_seconds"],
                        "size_bytes": sum(sizes.values()), "size_bytes_by_part": sizes,
-                       "faiss": ix.meta["engines"]["dense"]["faiss"],
-                       "embed_max_tokens": ix.meta["engines"]["dense"]["max_tokens"],
+                       "faiss": dense_meta["faiss"], "embed_max_tokens": dense_meta["max_tokens"],
                        "embedder": model.kind,
                        "embed_passages_per_second_now": round(rate, 1),
                        "embed_seconds_estimate_at_that_rate": round(ix.meta["count"] / rate, 1)}
@@ -355,7 +354,7 @@ def print_tables(report: dict) -> None:
           f"nice {m['niceness']}: wall times include waiting for other processes; cpu = this process's CPU time)")
     ix = report["index"]
     print(f"\nindex {ix['name']!r}: {ix['count']} passages, {ix['size_bytes'] / 2**20:.1f} MiB, "
-          f"build seconds {ix['build_seconds']}, faiss {ix['faiss']}; {ix.get('embedder', 'torch')} embedding runs at "
+          f"build seconds {ix['build_seconds']}, faiss {ix['faiss']}; {ix['embedder']} embedding runs at "
           f"{ix['embed_passages_per_second_now']} passages/s now (~{ix['embed_seconds_estimate_at_that_rate']}s "
           "for the corpus)")
     print("\nfusion sweep (all@10 per dataset), chosen on dev:")

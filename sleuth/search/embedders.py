@@ -225,7 +225,8 @@ def export_onnx_int8(model_dir: Path, out: Path) -> Path:
                 # per-channel weights with reduced range: AVX2 int8 kernels without VNNI saturate at full
                 # range; plain per-tensor int8 measured cosine 0.955 to float32, this 0.993.
                 # The embedding tables stay float32: quantised, every token's input vector carried rounding
-                # error (cosine to PyTorch 0.99395 -> 0.99429 kept float), at no measurable cost (a lookup, not a product).
+                # error (cosine to PyTorch 0.99395 -> 0.99429 kept float), at no measurable cost (a lookup,
+                # not a product).
                 embed = [n.name for n in fused.model.graph.node if n.op_type == "EmbedLayerNormalization"]
                 quantize_dynamic(str(work / "fused.onnx"), str(work / "model.onnx"), weight_type=QuantType.QInt8,
                                  per_channel=True, reduce_range=True, nodes_to_exclude=embed,
@@ -336,8 +337,9 @@ class OnnxEmbedder:
         left. Why not one future per text: that scheduling (a queue hand-off and a GIL round-trip around
         each 9 ms run) gave 211-227 passages/s on two workers where two loops like these gave 234-236
         (512 passages, a quick measurement); two processes each running alone scale 1.97x, so the cores
-        are not the limit. Each worker tokenizes its own texts, so no core waits while all are tokenized first
-        (+2% in one interleaved run, within its noise). Progress is reported from this thread, every ``every`` texts."""
+        are not the limit. Each worker tokenizes its own texts, so no core waits while all are tokenized
+        first (+2% in one interleaved run, within its noise). Progress is reported from this thread, every
+        ``every`` texts."""
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if self._pool is None or len(texts) == 1:
             for start in range(0, len(texts), every):
